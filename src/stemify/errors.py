@@ -1,0 +1,67 @@
+"""Typed errors. Every error a user can cause carries a stable ``code`` and a clear message,
+so the command line prints one line and the HTTP API maps it to one JSON error shape."""
+
+from __future__ import annotations
+
+
+class StemifyError(Exception):
+    """Base of every error stemify raises on purpose."""
+
+    code = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidAudioError(StemifyError):
+    """The input is not audio we can decode (not media, no audio stream, empty, corrupt)."""
+
+    code = "invalid_audio"
+
+
+class AudioLimitError(StemifyError):
+    """The input is audio, but outside a limit (too long, too many channels, ...)."""
+
+    code = "audio_limit"
+
+
+class EncodeError(StemifyError):
+    """Writing a stem failed."""
+
+    code = "encode_failed"
+
+
+class ToolMissingError(StemifyError):
+    """An external program (ffmpeg, ffprobe) is not installed."""
+
+    code = "tool_missing"
+
+
+class ModelNotFoundError(StemifyError):
+    code = "model_not_found"
+
+
+class ModelLoadError(StemifyError):
+    code = "model_load_failed"
+
+
+class ModelDownloadError(StemifyError):
+    code = "model_download_failed"
+
+
+class ChecksumError(ModelDownloadError):
+    code = "checksum_mismatch"
+
+
+class InvalidOptionError(StemifyError):
+    """A separation option is invalid (unknown stem, overlap out of range, ...)."""
+
+    code = "invalid_option"
+
+
+class CancelledError(StemifyError):
+    code = "canceled"
+
+    def __init__(self, message: str = "separation was canceled") -> None:
+        super().__init__(message)

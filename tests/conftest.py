@@ -1,0 +1,73 @@
+"""Shared fixtures: a model directory of random-weight Demucs models in demucs' own format,
+and test audio made with the real ffmpeg."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from stemify.testing.random_models import make_tiny_repo
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    missing = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
+    if missing:
+        raise pytest.UsageError(
+            f"{', '.join(missing)} not found: run `make test` (it installs ffmpeg with apt-get)"
+        )
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Models ``tiny`` (one HTDemucs), ``tinybag`` (a weighted bag of two), ``tiny6`` (6 stems)."""
+    directory = tmp_path_factory.mktemp("models")
+    make_tiny_repo(directory)
+    return directory
+
+
+MakeAudio = Callable[..., Path]
+
+
+@pytest.fixture
+def make_audio(tmp_path: Path) -> MakeAudio:
+    """Render a test signal with ffmpeg: ``make_audio("x.flac", seconds=2, channels=2)``.
+
+    Extra ffmpeg output options go in ``args`` (e.g. ``["-c:a", "libopus"]``)."""
+
+    def make(
+        name: str,
+        seconds: float = 2.0,
+        channels: int = 2,
+        rate: int = 44100,
+        args: list[str] | None = None,
+        video: bool = False,
+    ) -> Path:
+        out = tmp_path / name
+        layout = {1: "mono", 2: "stereo", 6: "5.1"}[channels]
+        source = (
+            f"sine=frequency=220:sample_rate={rate}:duration={seconds},"
+            f"volume=0.5,aformat=channel_layouts={layout}"
+        )
+        noise = f"anoisesrc=d={seconds}:c=pink:r={rate}:a=0.1,aformat=channel_layouts={layout}"
+        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y"]
+        if video:
+            cmd += ["-f", "lavfi", "-i", f"testsrc=size=64x64:rate=5:duration={seconds}"]
+        cmd += ["-f", "lavfi", "-i", source, "-f", "lavfi", "-i", noise]
+        audio_in = 1 if video else 0
+        cmd += [
+            "-filter_complex",
+            f"[{audio_in}:a][{audio_in + 1}:a]amix=inputs=2:normalize=0[a]",
+            "-map",
+            "[a]",
+        ]
+        if video:
+            cmd += ["-map", "0:v"]
+        cmd += [*(args or []), str(out)]
+        subprocess.run(cmd, check=True)
+        return out
+
+    return make
