@@ -24,7 +24,7 @@ system-deps:
 setup: system-deps $(STAMP)
 
 run: setup
-	$(VENV)/bin/stemify serve
+	$(VENV)/bin/stemify --help
 
 test: setup
 	$(PY) -m pytest

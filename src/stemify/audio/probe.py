@@ -1,0 +1,193 @@
+"""Facts about an input file (codec, channels, rate, duration) from ffprobe, with every way an
+upload can be unusable turned into one clear :class:`InvalidAudioError`."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stemify.errors import InvalidAudioError, ToolMissingError
+
+# ffmpeg prefixes messages with "[flac @ 0x55d1c0ffee00] "; the address means nothing to a user.
+_COMPONENT_PREFIX = re.compile(r"^\[[^\]]* @ 0x[0-9a-fA-F]+\]\s*")
+# The only warning we look for: it marks durations guessed from the first frame's bitrate, which
+# can be wildly wrong (a VBR mp3 without a Xing header and a quiet intro: 13 s guessed for 6 s).
+_ESTIMATED_DURATION = "Estimating duration from bitrate"
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    duration_s: float
+    """Of the first audio stream; falls back to the container, then to counting packets."""
+    codec: str
+    """ffmpeg's codec name: "mp3", "flac", "pcm_s16le", "aac", "opus", ..."""
+    channels: int
+    samplerate: int
+    format_name: str
+    """The container, as ffprobe's ``format_name`` (e.g. "mov,mp4,m4a,3gp,3g2,mj2")."""
+
+
+def missing_tool_error(tool: str) -> ToolMissingError:
+    return ToolMissingError(f"{tool} not found: install ffmpeg (apt-get install ffmpeg)")
+
+
+def ffmpeg_error_line(stderr: str, path: Path | None = None) -> str:
+    """The first non-empty line of ffmpeg's stderr, made readable: no ``[flac @ 0x..]`` prefix
+    and the file's bare name instead of its full path."""
+    for raw in stderr.splitlines():
+        line = _COMPONENT_PREFIX.sub("", raw).strip()
+        if line:
+            return line.replace(str(path), path.name) if path is not None else line
+    return ""
+
+
+def check_input_file(path: Path) -> None:
+    # Checked up front because ffmpeg's own wording for these ("No such file or directory" as
+    # a decode error) would read like a problem with the audio.
+    if not path.exists():
+        raise InvalidAudioError(f"{path.name} does not exist")
+    if not path.is_file():
+        raise InvalidAudioError(f"{path.name} is not a file")
+
+
+def probe(path: Path, *, timeout_s: float = 30.0) -> AudioInfo:
+    check_input_file(path)
+    unreadable = f"{path.name} is not an audio or video file ffmpeg can read"
+    if path.stat().st_size == 0:
+        raise InvalidAudioError(f"{unreadable} (the file is empty)")
+
+    # -v warning rather than error: the one warning we need is _ESTIMATED_DURATION.
+    cmd = ["ffprobe", "-v", "warning", "-print_format", "json", "-show_format", "-show_streams"]
+    result = _run(cmd, path, timeout_s)
+    if result.returncode != 0:
+        raise InvalidAudioError(unreadable)
+    try:
+        report = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise InvalidAudioError(unreadable) from None
+
+    streams: list[dict[str, Any]] = report.get("streams") or []
+    fmt: dict[str, Any] = report.get("format") or {}
+    if not streams:
+        raise InvalidAudioError(unreadable)
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    if audio is None:
+        raise InvalidAudioError(f"{path.name} has no audio stream")
+
+    codec = str(audio.get("codec_name") or "unknown")
+    channels = _positive_int(audio.get("channels"))
+    samplerate = _positive_int(audio.get("sample_rate"))
+    if channels is None or samplerate is None:
+        raise InvalidAudioError(f"{path.name} has an audio stream ffmpeg cannot decode ({codec})")
+
+    duration = None
+    if _ESTIMATED_DURATION not in result.stderr:
+        duration = (
+            _seconds(audio.get("duration"))
+            # Matroska/WebM keep per-stream durations only as a tag.
+            or _tag_seconds((audio.get("tags") or {}).get("DURATION"))
+            or _seconds(fmt.get("duration"))
+        )
+    if duration is None:
+        # Piped FLAC, browser-recorded WebM and bitrate-guessed mp3s have no trustworthy
+        # duration; reading every packet header (no decoding) gives the exact one.
+        duration = _duration_from_packets(path, timeout_s)
+    if duration is None or duration <= 0.0:
+        raise InvalidAudioError(f"{path.name} contains no audio samples")
+
+    return AudioInfo(
+        duration_s=duration,
+        codec=codec,
+        channels=channels,
+        samplerate=samplerate,
+        format_name=str(fmt.get("format_name") or "unknown"),
+    )
+
+
+def _run(cmd: list[str], path: Path, timeout_s: float) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            [*cmd, str(path)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout_s,
+            check=False,
+        )
+    except FileNotFoundError:
+        raise missing_tool_error("ffprobe") from None
+    except subprocess.TimeoutExpired:
+        raise InvalidAudioError(
+            f"{path.name} could not be read: ffprobe gave up after {timeout_s:g} s"
+        ) from None
+
+
+def _duration_from_packets(path: Path, timeout_s: float) -> float | None:
+    cmd = [
+        "ffprobe",
+        "-v",
+        "error",
+        "-select_streams",
+        "a:0",
+        "-show_entries",
+        "packet=pts_time,duration_time",
+        "-of",
+        "csv=p=0",
+    ]
+    result = _run(cmd, path, timeout_s)
+    if result.returncode != 0:
+        return None
+    first: float | None = None
+    end: float | None = None
+    total = 0.0
+    for line in result.stdout.splitlines():
+        fields = line.split(",")
+        pts = _float(fields[0])
+        length = _float(fields[1]) if len(fields) > 1 else None
+        total += length or 0.0
+        if pts is not None:
+            first = pts if first is None else min(first, pts)
+            stop = pts + (length or 0.0)
+            end = stop if end is None else max(end, stop)
+    if first is not None and end is not None:
+        return end - first
+    return total or None
+
+
+def _float(value: object) -> float | None:
+    try:
+        return float(str(value))
+    except ValueError:
+        return None
+
+
+def _seconds(value: object) -> float | None:
+    seconds = _float(value)
+    return seconds if seconds is not None and math.isfinite(seconds) and seconds > 0.0 else None
+
+
+def _tag_seconds(value: object) -> float | None:
+    """Parse a Matroska ``DURATION`` tag, ``HH:MM:SS.nnnnnnnnn``."""
+    if not isinstance(value, str):
+        return None
+    parts = value.strip().split(":")
+    if len(parts) != 3:
+        return None
+    hours, minutes, seconds = (_float(p) for p in parts)
+    if hours is None or minutes is None or seconds is None:
+        return None
+    return _seconds(hours * 3600 + minutes * 60 + seconds)
+
+
+def _positive_int(value: object) -> int | None:
+    try:
+        number = int(str(value))
+    except ValueError:
+        return None
+    return number if number > 0 else None

@@ -1,0 +1,1 @@
+"""The ``stemify`` command line."""

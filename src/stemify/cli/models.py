@@ -1,0 +1,103 @@
+"""``stemify models list | pull | verify``: the local model directory."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from stemify.cli.common import fail, model_dir_option, settings_from
+from stemify.errors import StemifyError
+from stemify.models import list_models, pull, verify_models
+
+
+def _size(size: int | None) -> str:
+    return "unknown" if size is None else f"{size / 1e6:.0f} MB"
+
+
+@click.group()
+def models() -> None:
+    """List, download and verify Demucs models."""
+
+
+@models.command("list")
+@model_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_command(model_dir: Path | None, as_json: bool) -> None:
+    """Official and local models, and which are installed."""
+    settings = settings_from(model_dir)
+    statuses = list_models(settings.model_dir)
+    if as_json:
+        rows = [
+            {
+                "name": s.name,
+                "description": s.description,
+                "sources": list(s.sources),
+                "installed": s.installed,
+                "size_bytes": s.size_bytes,
+                "official": s.official,
+            }
+            for s in statuses
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"model directory: {settings.model_dir}")
+    click.echo(f"{'NAME':<14} {'INSTALLED':<10} {'SIZE':>9}  SOURCES")
+    for s in statuses:
+        sources = ",".join(s.sources) or "?"
+        installed = "yes" if s.installed else "no"
+        click.echo(f"{s.name:<14} {installed:<10} {_size(s.size_bytes):>9}  {sources}")
+
+
+class _Bars:
+    """One download bar per file, on stderr."""
+
+    def __init__(self) -> None:
+        self._bars: dict[str, tqdm[Any]] = {}
+
+    def __call__(self, file_name: str, done: int, total: int | None) -> None:
+        if file_name not in self._bars:
+            self._bars[file_name] = tqdm(
+                total=total, desc=file_name, unit="B", unit_scale=True, file=sys.stderr
+            )
+        bar = self._bars[file_name]
+        bar.update(done - bar.n)
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+
+
+@models.command("pull")
+@click.argument("names", nargs=-1, required=True)
+@model_dir_option
+@click.option("--base-url", help="Download from here (default: STEMIFY_MODEL_BASE_URL).")
+def pull_command(names: tuple[str, ...], model_dir: Path | None, base_url: str | None) -> None:
+    """Download official models, verify their checksums, resume partial downloads."""
+    settings = settings_from(model_dir)
+    bars = _Bars()
+    try:
+        pull(list(names), settings.model_dir, base_url or settings.model_base_url, progress=bars)
+    except StemifyError as exc:
+        bars.close()
+        fail(exc.message)
+    bars.close()
+    click.echo(f"installed {', '.join(names)} in {settings.model_dir}")
+
+
+@models.command("verify")
+@model_dir_option
+def verify_command(model_dir: Path | None) -> None:
+    """Re-hash every installed model file; exit 1 if any is corrupt or missing."""
+    settings = settings_from(model_dir)
+    results = verify_models(settings.model_dir)
+    for r in results:
+        click.echo(f"{'ok ' if r.ok else 'BAD'} {r.name:<14} {r.file}: {r.message}")
+    if not results:
+        click.echo(f"no models installed in {settings.model_dir}")
+    if any(not r.ok for r in results):
+        sys.exit(1)

@@ -1,0 +1,216 @@
+"""``stemify separate``: the demucs command line, on the streaming engine."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from stemify.audio import OutputFormat
+from stemify.cli.common import fail, model_dir_option, settings_from
+from stemify.engine import (
+    InferenceOptions,
+    Progress,
+    SeparationOptions,
+    SeparationResult,
+    separate_file,
+)
+from stemify.errors import InvalidOptionError, StemifyError
+from stemify.models import load_model
+from stemify.settings import Settings
+
+
+def output_format(
+    mp3: bool, mp3_bitrate: int, flac: bool, int24: bool, float32: bool
+) -> OutputFormat:
+    if mp3 and flac:
+        raise InvalidOptionError("choose one of --mp3 and --flac")
+    if int24 and float32:
+        raise InvalidOptionError("choose one of --int24 and --float32")
+    if mp3:
+        return OutputFormat(container="mp3", mp3_bitrate=mp3_bitrate)
+    depth = 24 if int24 else 32 if float32 else 16
+    return OutputFormat(container="flac" if flac else "wav", bit_depth=depth)
+
+
+def destination(template: str, out: Path, track: Path, ext: str) -> Any:
+    def path_for(stem: str) -> Path:
+        try:
+            name = template.format(
+                track=track.stem, trackext=track.suffix.lstrip("."), stem=stem, ext=ext
+            )
+        except (KeyError, IndexError, ValueError) as exc:
+            raise InvalidOptionError(
+                f"bad --filename template {template!r}: "
+                "use {track}, {trackext}, {stem} and {ext}"
+            ) from exc
+        return out / name
+
+    return path_for
+
+
+class _Bar:
+    """One progress bar per file, on stderr, fed by the engine's progress callback."""
+
+    def __init__(self, label: str, enabled: bool) -> None:
+        self._bar = tqdm(
+            total=100, desc=label, unit="%", disable=not enabled, leave=False, file=sys.stderr
+        )
+
+    def __call__(self, progress: Progress) -> None:
+        self._bar.set_postfix_str(progress.stage)
+        self._bar.update(round(progress.fraction * 100) - self._bar.n)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+@click.command()
+@click.argument("tracks", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-n", "--name", default="htdemucs", show_default=True, help="Model name.")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("separated"),
+    show_default=True,
+    help="Folder of the results; stems go under OUT/MODEL/.",
+)
+@click.option("--two-stems", metavar="STEM", help="Only STEM and no_STEM (e.g. vocals).")
+@click.option(
+    "--stems", metavar="LIST", help="Only these stems, comma separated (e.g. vocals,drums)."
+)
+@click.option("--mp3", is_flag=True, help="Write mp3.")
+@click.option("--mp3-bitrate", type=int, default=320, show_default=True, help="kbps, 96 to 320.")
+@click.option("--flac", is_flag=True, help="Write flac (16-bit, or 24 with --int24).")
+@click.option("--int24", is_flag=True, help="24-bit integer wav or flac.")
+@click.option("--float32", is_flag=True, help="32-bit float wav.")
+@click.option(
+    "--shifts",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Random time shifts averaged; N times slower, a little better.",
+)
+@click.option("--overlap", type=float, default=0.25, show_default=True, help="Segment overlap.")
+@click.option("--segment", type=float, help="Segment length in seconds (default: the model's).")
+@click.option(
+    "--clip-mode",
+    type=click.Choice(["rescale", "clamp", "none"]),
+    default="rescale",
+    show_default=True,
+    help="How to avoid clipping.",
+)
+@click.option("-d", "--device", help="cpu or cuda (default: STEMIFY_DEVICE or cpu).")
+@click.option(
+    "--batch-size", type=int, help="Segments per forward pass (default: STEMIFY_BATCH_SIZE)."
+)
+@click.option(
+    "--filename",
+    default="{track}/{stem}.{ext}",
+    show_default=True,
+    help="Output name template: {track}, {trackext}, {stem}, {ext}.",
+)
+@model_dir_option
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the results and quality reports as JSON."
+)
+def separate(
+    tracks: tuple[Path, ...],
+    name: str,
+    out: Path,
+    two_stems: str | None,
+    stems: str | None,
+    mp3: bool,
+    mp3_bitrate: int,
+    flac: bool,
+    int24: bool,
+    float32: bool,
+    shifts: int,
+    overlap: float,
+    segment: float | None,
+    clip_mode: str,
+    device: str | None,
+    batch_size: int | None,
+    filename: str,
+    model_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """Separate TRACKS into stems."""
+    settings = settings_from(model_dir)
+    try:
+        fmt = output_format(mp3, mp3_bitrate, flac, int24, float32)
+        fmt.validate()
+        options = SeparationOptions(
+            inference=InferenceOptions(
+                shifts=shifts,
+                overlap=overlap,
+                segment=segment,
+                batch_size=batch_size or settings.batch_size,
+                device=device or settings.device,
+            ),
+            output=fmt,
+            clip=clip_mode,  # type: ignore[arg-type]
+            stems=tuple(s.strip() for s in stems.split(",") if s.strip()) if stems else None,
+            two_stems=two_stems,
+        )
+        model = load_model(name, settings.model_dir)
+    except StemifyError as exc:
+        fail(exc.message)
+    results = []
+    failures = 0
+    for track in tracks:
+        result = _separate_one(track, model, out / name, filename, options, settings)
+        if result is None:
+            failures += 1
+            continue
+        results.append(_summary(track, result))
+        if not as_json:
+            click.echo(f"{track}: {len(result.stems)} stems in {_common_folder(result)}")
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    if failures:
+        sys.exit(1)
+
+
+def _separate_one(
+    track: Path,
+    model: Any,
+    out: Path,
+    template: str,
+    options: SeparationOptions,
+    settings: Settings,
+) -> SeparationResult | None:
+    bar = _Bar(track.name, enabled=sys.stderr.isatty())
+    try:
+        return separate_file(
+            track,
+            model,
+            destination(template, out, track, options.output.extension),
+            options,
+            on_progress=bar,
+        )
+    except StemifyError as exc:
+        click.echo(f"stemify: error: {track}: {exc.message}", err=True)
+        return None
+    finally:
+        bar.close()
+
+
+def _common_folder(result: SeparationResult) -> Path:
+    parents = {path.parent for path in result.stems.values()}
+    return parents.pop() if len(parents) == 1 else Path(".")
+
+
+def _summary(track: Path, result: SeparationResult) -> dict[str, Any]:
+    return {
+        "track": str(track),
+        "duration_s": round(result.samples / result.samplerate, 3),
+        "stems": {name: str(path) for name, path in result.stems.items()},
+        "quality": result.quality.to_dict(),
+        "stage_seconds": {stage: round(s, 3) for stage, s in result.stage_seconds.items()},
+    }
