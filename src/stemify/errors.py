@@ -65,3 +65,34 @@ class CancelledError(StemifyError):
 
     def __init__(self, message: str = "separation was canceled") -> None:
         super().__init__(message)
+
+
+class NotFoundError(StemifyError):
+    """A stored object (job input, stem) does not exist."""
+
+    code = "not_found"
+
+
+class StorageError(StemifyError):
+    """The storage backend failed (disk full, permissions, an unreachable bucket)."""
+
+    code = "storage_error"
+
+
+class DownloadError(StemifyError):
+    """Fetching media from a link failed."""
+
+    code = "download_failed"
+
+
+class InvalidURLError(DownloadError, ValueError):
+    """The link itself is unacceptable (not http(s), malformed, or a refused address); a
+    ValueError too, since retrying the same link can never succeed."""
+
+    code = "invalid_url"
+
+
+class UploadTooLargeError(StemifyError):
+    """An upload or a linked file is over the size limit."""
+
+    code = "too_large"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
 import platformdirs
 from demucs.pretrained import ROOT_URL
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _default_model_dir() -> Path:
@@ -17,6 +18,7 @@ def _default_model_dir() -> Path:
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STEMIFY_", extra="ignore")
 
+    # ---- engine and models
     model_dir: Path = Field(default_factory=_default_model_dir)
     # Where `stemify models pull` downloads official weights from; demucs' own release host.
     model_base_url: str = ROOT_URL
@@ -25,3 +27,56 @@ class Settings(BaseSettings):
     model_cache_mb: int = 4096
     # Segments stacked into one forward pass.
     batch_size: int = 1
+
+    # ---- service: where things live
+    data_dir: Path = Path("data")
+    database_url: SecretStr | None = None  # default: SQLite in data_dir
+    redis_url: SecretStr | None = None  # unset: embedded mode (no queue server)
+    storage_url: str | None = None  # default: data_dir/storage
+    redis_prefix: str = "stemify"
+
+    # ---- service: limits and behaviour
+    auth: Literal["required", "off"] | None = None  # None: off only for `serve` on loopback
+    max_upload_mb: int = 500
+    max_duration_s: float = 7200.0
+    default_model: str = "htdemucs"
+    result_ttl_hours: float = 24.0
+    preload_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    worker_concurrency: int = 1
+    job_timeout_s: float = 4 * 3600.0
+    heartbeat_interval_s: float = 2.0
+    heartbeat_timeout_s: float = 30.0
+    reconcile_interval_s: float = 15.0
+    requeue_after_s: float = 30.0
+    sweep_interval_s: float = 300.0
+    shutdown_grace_s: float = 30.0
+    download_timeout_s: float = 300.0
+    download_retries: int = 3
+    webhook_attempts: int = 5
+    # Signs webhooks; in embedded mode a random one is kept in data_dir when unset.
+    secret_key: SecretStr | None = None
+    # Public address of the API, for absolute links in webhooks (e.g. https://stems.example.com).
+    public_url: str | None = None
+    # Tests serve links from 127.0.0.1; never enable this in production.
+    allow_loopback_urls: bool = False
+
+    @field_validator("preload_models", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @property
+    def database(self) -> str:
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{(self.data_dir / 'stemify.db').resolve()}"
+
+    @property
+    def storage(self) -> str:
+        return self.storage_url or str((self.data_dir / "storage").resolve())
+
+    @property
+    def distributed(self) -> bool:
+        return self.redis_url is not None

@@ -1,0 +1,43 @@
+"""The FastAPI application: routes under ``/api/v1``, one error shape, shared services."""
+
+from __future__ import annotations
+
+import anyio
+from fastapi import FastAPI
+
+from stemify import __version__
+from stemify.api import routes_jobs, routes_system
+from stemify.api.errors import install_error_handlers
+from stemify.services import Services
+
+API_PREFIX = "/api/v1"
+# Threads that may sit waiting for job events at once (one per open SSE stream), apart from
+# the default pool, so many listeners cannot starve ordinary requests of threads.
+EVENT_WAITERS = 256
+
+
+def create_app(services: Services, *, auth_required: bool) -> FastAPI:
+    app = FastAPI(
+        title="stemify",
+        version=__version__,
+        description=(
+            "Self-hosted music stem separation with Demucs. Submit a job with a file or a "
+            "link, follow it with Server-Sent Events, download the stems. "
+            + (
+                "Every /api/v1 route except /health and /ready needs an API key "
+                "(X-API-Key or Authorization: Bearer)."
+                if auth_required
+                else "Authentication is off."
+            )
+        ),
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.state.services = services
+    app.state.auth_required = auth_required
+    app.state.event_waiters = anyio.CapacityLimiter(EVENT_WAITERS)
+    install_error_handlers(app)
+    app.include_router(routes_jobs.router, prefix=API_PREFIX)
+    app.include_router(routes_system.router, prefix=API_PREFIX)
+    return app

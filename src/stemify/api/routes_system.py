@@ -1,0 +1,146 @@
+"""``/models``, ``/health`` (liveness) and ``/ready`` (can this instance take jobs?)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from stemify.api.auth import CallerDep, ServicesDep
+from stemify.jobs.store import now_utc
+from stemify.models import list_models
+from stemify.services import Services
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["system"])
+
+CHECK_TIMEOUT_S = 5.0
+
+
+@router.get("/models", summary="Models: the official catalogue and local ones")
+async def models(services: ServicesDep, _caller: CallerDep) -> dict[str, Any]:
+    statuses = await anyio.to_thread.run_sync(list_models, services.settings.model_dir)
+    loaded = set(services.models.loaded())
+    return {
+        "default_model": services.settings.default_model,
+        "models": [
+            {
+                "name": m.name,
+                "description": m.description,
+                "sources": list(m.sources),
+                "installed": m.installed,
+                "size_bytes": m.size_bytes,
+                "official": m.official,
+                "loaded": m.name in loaded,
+            }
+            for m in statuses
+        ],
+    }
+
+
+@router.get("/health", summary="Liveness: the process answers")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def _gigabytes(size: int) -> str:
+    return f"{size / 1e9:.1f} GB"
+
+
+def _storage_detail(services: Services) -> str:
+    usage = services.storage.usage()
+    if usage is None:
+        return "reachable (free space unknown)"
+    free, total = usage
+    return f"{_gigabytes(free)} free of {_gigabytes(total)}"
+
+
+def _models_detail(services: Services) -> str:
+    installed = [m.name for m in list_models(services.settings.model_dir) if m.installed]
+    if not installed:
+        raise RuntimeError(
+            f"no model installed: run `stemify models pull {services.settings.default_model}`"
+        )
+    return "installed: " + ", ".join(installed)
+
+
+def _ping(ping: Callable[[], None]) -> Callable[[], str]:
+    def check() -> str:
+        ping()
+        return "reachable"
+
+    return check
+
+
+async def _check(name: str, check: Callable[[], str]) -> dict[str, Any]:
+    """Run a blocking check in a thread, abandoned after CHECK_TIMEOUT_S (a hung database or
+    Redis must not hang the probe)."""
+    with anyio.move_on_after(CHECK_TIMEOUT_S):
+        try:
+            detail = await anyio.to_thread.run_sync(check, abandon_on_cancel=True)
+            return {"ok": True, "detail": detail}
+        except Exception as exc:
+            log.warning("readiness check %s failed: %r", name, exc)
+            # /ready needs no key: the first line only, never a traceback or a whole URL.
+            text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            return {"ok": False, "detail": text}
+    return {"ok": False, "detail": f"no answer within {CHECK_TIMEOUT_S:g} s"}
+
+
+def _queue_and_workers(services: Services) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    now = now_utc()
+    stats = services.store.queue_stats(now)
+    seen_after = now - timedelta(seconds=services.settings.heartbeat_timeout_s)
+    workers = [
+        {
+            "id": w.id,
+            "hostname": w.hostname,
+            "pid": w.pid,
+            "last_seen": w.last_seen.isoformat().replace("+00:00", "Z"),
+            "running": w.running,
+        }
+        for w in services.store.workers_alive(seen_after)
+    ]
+    queue = {
+        "depth": stats.queued,
+        "running": stats.running,
+        "oldest_queued_age_s": (
+            round(stats.oldest_queued_age_s, 1) if stats.oldest_queued_age_s is not None else None
+        ),
+    }
+    return queue, workers
+
+
+@router.get(
+    "/ready",
+    summary="Readiness: store, queue, storage and models",
+    responses={503: {"description": "A check failed"}},
+)
+async def ready(services: ServicesDep) -> JSONResponse:
+    checks = {
+        "store": await _check("store", _ping(services.store.ping)),
+        "queue": await _check("queue", _ping(services.queue.ping)),
+        "storage": await _check("storage", lambda: _storage_detail(services)),
+        "models": await _check("models", lambda: _models_detail(services)),
+    }
+    queue: dict[str, Any] | None = None
+    workers: list[dict[str, Any]] = []
+    if checks["store"]["ok"]:
+        try:
+            queue, workers = await anyio.to_thread.run_sync(_queue_and_workers, services)
+        except Exception:
+            log.exception("reading queue statistics failed")
+    ok = all(check["ok"] for check in checks.values())
+    body = {
+        "status": "ready" if ok else "not_ready",
+        "checks": checks,
+        "queue": queue,
+        "workers": workers,
+    }
+    return JSONResponse(body, status_code=200 if ok else 503)

@@ -1,0 +1,439 @@
+"""The submission form: read as a stream, then validated.
+
+Text fields are kept in memory (small, capped); the file part goes straight into storage while
+it is counted and hashed, so an upload over the limit is refused after ``limit`` bytes, not
+after it has been spooled whole. :func:`build_spec` turns the fields into a checked JobSpec."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import unicodedata
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Literal, TypeVar
+from urllib.parse import parse_qsl, urlsplit
+
+import anyio
+import anyio.to_thread
+from fastapi import Request
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
+
+from stemify.api.errors import ApiError
+from stemify.engine import output_stems
+from stemify.errors import (
+    InvalidOptionError,
+    InvalidURLError,
+    ModelNotFoundError,
+    StorageError,
+    UploadTooLargeError,
+)
+from stemify.jobs.model import JobSpec
+from stemify.models import ModelStatus, list_models
+from stemify.storage import Storage
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
+
+_N = TypeVar("_N", int, float)
+
+FILE_FIELD = "file"
+TEXT_FIELDS = frozenset(
+    {
+        "url",
+        "model",
+        "stems",
+        "two_stems",
+        "output_format",
+        "bit_depth",
+        "mp3_bitrate",
+        "shifts",
+        "overlap",
+        "webhook_url",
+    }
+)
+MAX_FIELD_BYTES = 8192
+# Room for boundaries, part headers and text fields on top of the file itself.
+FORM_OVERHEAD = 256 << 10
+_FLUSH_BYTES = 1 << 20
+MAX_NAME_CHARS = 200
+
+
+@dataclass(frozen=True)
+class Upload:
+    key: str
+    name: str | None  # sanitised, display only
+    size: int
+    sha256: str
+
+
+@dataclass
+class Submission:
+    fields: dict[str, str] = field(default_factory=dict)
+    upload: Upload | None = None
+
+
+FileStartHook = Callable[[dict[str, str]], Awaitable[None]]
+
+
+def display_name(raw: str) -> str | None:
+    """The base name of a client's file name, without control or format characters (bidi
+    overrides included) and path separators, at most 200 characters. Never a path."""
+    base = re.split(r"[/\\]", raw)[-1]
+    cleaned = "".join(c for c in base if unicodedata.category(c)[0] != "C").strip()
+    cleaned = cleaned[:MAX_NAME_CHARS]
+    return cleaned if cleaned not in ("", ".", "..") else None
+
+
+def too_large(limit_mb: int) -> UploadTooLargeError:
+    return UploadTooLargeError(f"upload is larger than the {limit_mb} MB limit")
+
+
+class _Aborted(Exception):
+    pass
+
+
+class _UploadSink:
+    """Bytes of the file part: counted as they arrive (in the event loop), written and hashed
+    in batches (in a worker thread), and stored atomically by ``commit``."""
+
+    def __init__(self, storage: Storage, key: str, limit_mb: int) -> None:
+        self.storage = storage
+        self.key = key
+        self.limit_mb = limit_mb
+        self.limit = limit_mb << 20
+        self.size = 0
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self._hash = hashlib.sha256()
+        self._writer: AbstractContextManager[BinaryIO] | None = None
+        self._file: BinaryIO | None = None
+
+    def add(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.limit:
+            raise too_large(self.limit_mb)
+        self.pending.append(data)
+        self.pending_bytes += len(data)
+
+    def flush(self) -> None:
+        if self._file is None:
+            self._writer = self.storage.writer(self.key)
+            self._file = self._writer.__enter__()
+        try:
+            for data in self.pending:
+                self._file.write(data)
+                self._hash.update(data)
+        except OSError as exc:  # a full disk: the storage's error, not an internal one
+            raise StorageError(f"cannot write {self.key}: {exc}") from exc
+        self.pending.clear()
+        self.pending_bytes = 0
+
+    def commit(self) -> str:
+        self.flush()
+        writer, self._writer, self._file = self._writer, None, None
+        assert writer is not None
+        writer.__exit__(None, None, None)
+        return self._hash.hexdigest()
+
+    def abort(self) -> None:
+        writer, self._writer, self._file = self._writer, None, None
+        if writer is not None:
+            with suppress(_Aborted):
+                writer.__exit__(_Aborted, _Aborted(), None)
+
+
+class _MultipartForm:
+    """python-multipart callbacks: collect text fields, route the file part to the sink."""
+
+    def __init__(self, sink: _UploadSink) -> None:
+        self.sink = sink
+        self.fields: dict[str, str] = {}
+        self.file_name: str | None = None
+        self.file_started = False
+        self.ended = False
+        self._header_name = b""
+        self._header_value = b""
+        self._disposition = b""
+        self._part: str | None = None
+        self._buffer = bytearray()
+
+    def callbacks(self) -> MultipartCallbacks:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": self._header_field,
+            "on_header_value": self._header_value_data,
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
+            "on_end": self._end,
+        }
+
+    def _part_begin(self) -> None:
+        self._disposition = b""
+        self._part = None
+        self._buffer = bytearray()
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _header_value_data(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _header_end(self) -> None:
+        if self._header_name.strip().lower() == b"content-disposition":
+            self._disposition = self._header_value
+        self._header_name, self._header_value = b"", b""
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._disposition)
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        if not name:
+            raise ApiError(400, "bad_request", "a form part has no name")
+        if name == FILE_FIELD:
+            if self.file_started:
+                raise ApiError(400, "bad_request", "send one file per job")
+            self.file_started = True
+            raw_name = options.get(b"filename")
+            self.file_name = display_name(raw_name.decode("utf-8", "replace")) if raw_name else None
+        elif name in TEXT_FIELDS:
+            if name in self.fields:
+                raise ApiError(400, "bad_request", f"form field {name!r} is given twice")
+        else:
+            allowed = ", ".join(sorted({FILE_FIELD, *TEXT_FIELDS}))
+            raise ApiError(
+                422, "invalid_request", f"unknown form field {name!r}; the fields are {allowed}"
+            )
+        self._part = name
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._part == FILE_FIELD:
+            self.sink.add(data[start:end])
+            return
+        self._buffer += data[start:end]
+        if len(self._buffer) > MAX_FIELD_BYTES:
+            raise ApiError(
+                422, "invalid_request", f"form field {self._part!r} is over {MAX_FIELD_BYTES} bytes"
+            )
+
+    def _part_end(self) -> None:
+        if self._part is None or self._part == FILE_FIELD:
+            return
+        try:
+            self.fields[self._part] = self._buffer.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(
+                400, "bad_request", f"form field {self._part!r} is not UTF-8 text"
+            ) from None
+
+    def _end(self) -> None:
+        self.ended = True
+
+
+def _content_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    return int(value) if value and value.isdigit() else None
+
+
+async def _read_small(request: Request, limit: int) -> bytes:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, "too_large", f"a form without a file is limited to {limit} bytes")
+    return bytes(body)
+
+
+async def read_submission(
+    request: Request,
+    storage: Storage,
+    input_key: str,
+    limit_mb: int,
+    on_file_start: FileStartHook,
+) -> Submission:
+    """Read the submission form. The file part is stored under ``input_key``; if anything
+    fails, nothing is left in storage. ``on_file_start`` sees the fields sent before the file,
+    so a bad option is refused before a long upload."""
+    body_limit = (limit_mb << 20) + FORM_OVERHEAD
+    length = _content_length(request)
+    if length is not None and length > body_limit:
+        raise too_large(limit_mb)
+    content_type, params = parse_options_header(request.headers.get("content-type"))
+    try:
+        if content_type == b"application/x-www-form-urlencoded":
+            body = await _read_small(request, FORM_OVERHEAD)
+            try:
+                pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=32)
+            except (UnicodeDecodeError, ValueError):
+                raise ApiError(400, "bad_request", "the form is not valid UTF-8") from None
+            fields = dict(pairs)
+            if FILE_FIELD in fields:
+                raise ApiError(400, "bad_request", "a file must be sent as multipart/form-data")
+            unknown = sorted(set(fields) - TEXT_FIELDS)
+            if unknown:
+                raise ApiError(422, "invalid_request", f"unknown form field {unknown[0]!r}")
+            return Submission(fields=fields)
+        if content_type != b"multipart/form-data":
+            if not content_type and not await _read_small(request, FORM_OVERHEAD):
+                return Submission()  # no body at all: "neither file nor url", said by the caller
+            raise ApiError(
+                400, "bad_request", "send the job as a multipart/form-data form (file or url)"
+            )
+        boundary = params.get(b"boundary")
+        if not boundary:
+            raise ApiError(400, "bad_request", "the multipart form has no boundary")
+        return await _read_multipart(
+            request, storage, input_key, limit_mb, body_limit, boundary, on_file_start
+        )
+    except ClientDisconnect:
+        raise ApiError(400, "bad_request", "the upload was interrupted") from None
+
+
+async def _read_multipart(
+    request: Request,
+    storage: Storage,
+    input_key: str,
+    limit_mb: int,
+    body_limit: int,
+    boundary: bytes,
+    on_file_start: FileStartHook,
+) -> Submission:
+    sink = _UploadSink(storage, input_key, limit_mb)
+    form = _MultipartForm(sink)
+    parser = MultipartParser(boundary, form.callbacks())
+    received = 0
+    checked = False
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > body_limit:
+                raise too_large(limit_mb)
+            parser.write(chunk)
+            if form.file_started and not checked:
+                checked = True
+                await on_file_start(dict(form.fields))
+            if sink.pending_bytes >= _FLUSH_BYTES:
+                await anyio.to_thread.run_sync(sink.flush)
+        parser.finalize()
+        if not form.ended:
+            raise ApiError(400, "bad_request", "the multipart form ended before its last boundary")
+        if not form.file_started:
+            return Submission(fields=form.fields)
+        sha256 = await anyio.to_thread.run_sync(sink.commit)
+    except MultipartParseError as exc:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(sink.abort)
+        raise ApiError(400, "bad_request", f"malformed multipart form: {exc}") from None
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(sink.abort)
+        raise
+    upload = Upload(key=input_key, name=form.file_name, size=sink.size, sha256=sha256)
+    return Submission(fields=form.fields, upload=upload)
+
+
+# ---- validating the fields ------------------------------------------------------------------
+
+MAX_URL_CHARS = 2048
+_FORMATS: dict[str, Literal["wav", "flac", "mp3"]] = {"wav": "wav", "flac": "flac", "mp3": "mp3"}
+
+
+def check_link(value: str, what: str) -> str:
+    """An http(s) link, checked for shape only (the worker checks where it points)."""
+    link = value.strip()
+    if not link:
+        raise InvalidURLError(f"{what} is empty")
+    if len(link) > MAX_URL_CHARS:
+        raise InvalidURLError(f"{what} is longer than {MAX_URL_CHARS} characters")
+    if any(c.isspace() or unicodedata.category(c)[0] == "C" for c in link):
+        raise InvalidURLError(f"{what} contains spaces or control characters")
+    try:
+        parts = urlsplit(link)
+        host = parts.hostname
+        _ = parts.port
+    except ValueError:
+        raise InvalidURLError(f"{what} is not a valid link") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise InvalidURLError(f"{what} must be an http:// or https:// link")
+    if not host:
+        raise InvalidURLError(f"{what} has no host name")
+    return link
+
+
+def _number(fields: dict[str, str], name: str, default: _N, kind: type[_N]) -> _N:
+    raw = fields.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        noun = "an integer" if kind is int else "a number"
+        raise InvalidOptionError(f"{name} must be {noun}, got {raw!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidOptionError(f"{name} must be a finite number, got {raw!r}")
+    return value
+
+
+def _model(name: str, model_dir: Path) -> ModelStatus:
+    models = {m.name: m for m in list_models(model_dir)}
+    status = models.get(name)
+    if status is None:
+        installed = ", ".join(sorted(m.name for m in models.values() if m.installed)) or "none"
+        raise ModelNotFoundError(
+            f"unknown model {name!r} (installed: {installed}); official models are installed "
+            "on the server with `stemify models pull <name>`"
+        )
+    if not status.installed:
+        hint = (
+            f"run `stemify models pull {name}` on the server"
+            if status.official
+            else "its weight files are missing from the model directory "
+            "(`stemify models pull` installs official models only)"
+        )
+        raise ModelNotFoundError(f"model {name!r} is not installed: {hint}")
+    return status
+
+
+def build_spec(fields: dict[str, str], model_dir: Path, default_model: str) -> JobSpec:
+    """The job's parameters from the form, checked as the engine will check them (blocking:
+    it reads the model directory)."""
+    model = _model(fields.get("model", "").strip() or default_model, model_dir)
+    stems: tuple[str, ...] | None = None
+    if "stems" in fields:
+        stems = tuple(s.strip() for s in fields["stems"].split(",") if s.strip())
+        if not stems:
+            raise InvalidOptionError("stems is empty: give stem names separated by commas")
+    two_stems = fields.get("two_stems", "").strip() or None
+    container = fields.get("output_format", "").strip().lower() or "wav"
+    if container not in _FORMATS:
+        raise InvalidOptionError(f"unknown output_format {container!r}: choose wav, flac or mp3")
+    shifts = _number(fields, "shifts", 1, int)
+    if not 0 <= shifts <= 10:
+        raise InvalidOptionError(f"shifts must be between 0 and 10, got {shifts}")
+    overlap = _number(fields, "overlap", 0.25, float)
+    if not 0.0 <= overlap <= 0.99:
+        raise InvalidOptionError(f"overlap must be between 0 and 0.99, got {overlap:g}")
+    spec = JobSpec(
+        model=model.name,
+        stems=stems,
+        two_stems=two_stems,
+        output_format=_FORMATS[container],
+        bit_depth=_number(fields, "bit_depth", 16, int),
+        mp3_bitrate=_number(fields, "mp3_bitrate", 320, int),
+        shifts=shifts,
+        overlap=overlap,
+    )
+    options = spec.separation_options(device="cpu", batch_size=1)
+    options.output.validate()
+    options.inference.validate(None)  # the model matters only for an explicit segment
+    if model.sources:
+        output_stems(list(model.sources), options)
+    elif stems is not None and two_stems is not None:
+        raise InvalidOptionError("choose either two-stem mode or a subset of stems, not both")
+    return spec

@@ -1,0 +1,1 @@
+"""Jobs: the durable record of every separation request and the code that runs them."""

@@ -1,0 +1,490 @@
+"""Download the media behind a link (a direct file, or a page yt-dlp understands) into a job's
+directory, within size, duration and wall-time limits.
+
+Network failures (refused or reset connections, timeouts, HTTP 5xx/408/429) are retried with
+exponential backoff; everything else fails at once with one readable line. yt-dlp's own
+retries are off so that every failure passes through :func:`_classify`.
+
+The address check in :func:`check_url` is deliberately partial (see its docstring): a full
+SSRF guard, which must also cover redirects and the media URLs extractors find, comes later.
+"""
+
+from __future__ import annotations
+
+import errno
+import http.client
+import ipaddress
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yt_dlp  # type: ignore[import-untyped]
+from yt_dlp.networking.exceptions import (  # type: ignore[import-untyped]
+    CertificateVerifyError,
+    HTTPError,
+    TransportError,
+)
+from yt_dlp.utils import (  # type: ignore[import-untyped]
+    ContentTooShortError,
+    UnsupportedError,
+    YoutubeDLError,
+)
+from yt_dlp.utils import DownloadError as YtDlpDownloadError
+
+from stemify.errors import (
+    AudioLimitError,
+    DownloadError,
+    InvalidURLError,
+    StemifyError,
+    UploadTooLargeError,
+)
+
+_log = logging.getLogger(__name__)
+
+INPUT_STEM = "input"
+"""The downloaded file is ``dest_dir/input.<ext>``: names from the link never reach the disk."""
+TITLE_MAX_CHARS = 200
+MAX_URL_CHARS = 4096
+# A stalled read is retried well before the wall-time limit runs out.
+MAX_SOCKET_TIMEOUT_S = 30.0
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# "[generic] some-id: " / "[download] " prefixes of yt-dlp messages.
+_YTDLP_PREFIX = re.compile(r"^(?:ERROR:\s*)?(?:\[[^\]]+\]\s*(?:[^\s:]+:\s+)?)?")
+_SAFE_SUFFIX = re.compile(r"\.[a-z0-9]{1,10}")
+_NETWORK_ERRNOS = {
+    errno.ENETDOWN,
+    errno.ENETUNREACH,
+    errno.EHOSTDOWN,
+    errno.EHOSTUNREACH,
+    errno.ECONNABORTED,
+    errno.ECONNRESET,
+    errno.ECONNREFUSED,
+    errno.ETIMEDOUT,
+}
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    max_bytes: int
+    max_duration_s: float
+    timeout_s: float = 120.0
+    """Wall time of the whole fetch, retries and backoff included."""
+    retries: int = 3
+    """Extra attempts after a network error; other errors are never retried."""
+    backoff_s: float = 1.0
+    """Wait before retry n is ``backoff_s * 2**(n-1)``."""
+
+    def __post_init__(self) -> None:
+        if self.max_bytes <= 0 or self.max_duration_s <= 0 or self.timeout_s <= 0:
+            raise ValueError("fetch limits must be positive")
+        if self.retries < 0 or self.backoff_s < 0:
+            raise ValueError("retries and backoff_s must not be negative")
+
+
+@dataclass(frozen=True)
+class Fetched:
+    path: Path
+    """The downloaded media file, ``dest_dir/input.<ext>``."""
+    title: str
+    """For display only (printable, at most 200 characters); never used as a file name."""
+    extractor: str
+    """yt-dlp's extractor: "generic" for a direct file, "youtube", ..."""
+
+
+class _Transient(Exception):
+    """A failure worth retrying; ``reason`` is already readable."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+# Raised from the progress hook. Not OSError subclasses: yt-dlp turns OSErrors raised while
+# downloading into its own errors, and these must reach _classify intact.
+class _DeadlineExceeded(Exception):
+    pass
+
+
+class _TooLarge(Exception):
+    def __init__(self, size: int) -> None:
+        super().__init__(size)
+        self.size = size
+
+
+def fetch_url(
+    url: str, dest_dir: Path, limits: FetchLimits, *, allow_loopback: bool = False
+) -> Fetched:
+    """Download the media at ``url`` into ``dest_dir`` (created if needed).
+
+    Raises InvalidURLError (not http(s), malformed, refused address), AudioLimitError (known
+    duration over the limit), UploadTooLargeError, or DownloadError. On any failure nothing
+    is left in ``dest_dir``."""
+    check_url(url, allow_loopback=allow_loopback)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + limits.timeout_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return _attempt(url, dest_dir, limits, deadline)
+        except _Transient as e:
+            tried = f"{attempt} attempt{'s' if attempt > 1 else ''}"
+            if attempt > limits.retries:
+                raise DownloadError(f"could not download the link: {e.reason} ({tried})") from None
+            delay = limits.backoff_s * 2 ** (attempt - 1)
+            if time.monotonic() + delay >= deadline:
+                raise DownloadError(
+                    f"could not download the link: {e.reason} ({tried} in the "
+                    f"{limits.timeout_s:g} s time limit)"
+                ) from None
+            # The host only: query strings of signed links carry credentials.
+            _log.info(
+                "fetch from %s: %s; retrying in %.2f s", urlsplit(url).hostname, e.reason, delay
+            )
+            time.sleep(delay)
+
+
+def check_url(url: str, *, allow_loopback: bool = False) -> None:
+    """Refuse links that are not plain http(s) URLs, or whose host resolves to a loopback,
+    private, link-local or otherwise non-global address (loopback is let through when
+    ``allow_loopback``).
+
+    Partial by design: only the link's own host is checked, once. Redirects, the media URLs
+    an extractor finds in a page, and a DNS answer that changes between this check and the
+    download (rebinding) are not covered yet."""
+    if len(url) > MAX_URL_CHARS:
+        raise InvalidURLError(f"the link is longer than {MAX_URL_CHARS} characters")
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise InvalidURLError("the link must not contain spaces or control characters")
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        shown = f"{scheme}://" if scheme else "a link without a scheme"
+        raise InvalidURLError(f"only http:// and https:// links are supported, not {shown}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise InvalidURLError("the link has an invalid port") from None
+    host = parts.hostname
+    if not host:
+        raise InvalidURLError("the link has no host name")
+    _check_host(host, port or (443 if scheme == "https" else 80), allow_loopback)
+
+
+def _check_host(host: str, port: int, allow_loopback: bool) -> None:
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise DownloadError(f"could not download the link: the host {host} was not found") from None
+    for *_, sockaddr in addresses:
+        ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        # ::ffff:127.0.0.1 is 127.0.0.1; Python 3.11 does not look through the mapping.
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if ip.is_loopback and allow_loopback:
+            continue
+        if not ip.is_global:
+            raise InvalidURLError(
+                f"links to local or private network addresses are not allowed ({host})"
+            )
+
+
+def _attempt(url: str, dest_dir: Path, limits: FetchLimits, deadline: float) -> Fetched:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise _timeout_error(limits)
+    # yt-dlp's partial and helper files land in here; removing it cleans up any failure.
+    work = Path(tempfile.mkdtemp(prefix=".fetch-", dir=dest_dir))
+    try:
+        options = _options(work, limits, remaining, _guard(deadline, limits.max_bytes))
+        with yt_dlp.YoutubeDL(options) as ydl:
+            with _translated(limits, downloading=False):
+                raw = ydl.extract_info(url, download=False, process=False)
+                # Refused before processing, which would list every entry of the playlist.
+                _refuse_playlist(raw)
+                info: dict[str, Any] = ydl.process_ie_result(raw, download=False)
+            _refuse_playlist(info)
+            _check_info(info, limits)
+            if time.monotonic() >= deadline:
+                raise _timeout_error(limits)
+            with _translated(limits, downloading=True):
+                done: dict[str, Any] = ydl.process_ie_result(info, download=True)
+        downloaded = _downloaded_file(done, limits)
+        size = downloaded.stat().st_size
+        if size > limits.max_bytes:
+            raise _too_large(limits, size)
+        if size == 0:
+            raise DownloadError("could not download the link: the server sent an empty file")
+        suffix = downloaded.suffix.lower()
+        final = dest_dir / (INPUT_STEM + (suffix if _SAFE_SUFFIX.fullmatch(suffix) else ""))
+        os.replace(downloaded, final)
+        return Fetched(
+            path=final,
+            title=clean_title(info.get("title")),
+            extractor=str(info.get("extractor") or "unknown"),
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _options(
+    work: Path, limits: FetchLimits, remaining_s: float, hook: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
+    return {
+        "outtmpl": {"default": f"{INPUT_STEM}.%(ext)s"},
+        "paths": {"home": str(work), "temp": str(work)},
+        "restrictfilenames": True,
+        "format": "bestaudio/best",
+        "noplaylist": True,
+        "extract_flat": "in_playlist",
+        "max_filesize": limits.max_bytes,
+        "socket_timeout": max(0.1, min(MAX_SOCKET_TIMEOUT_S, remaining_s)),
+        # We retry ourselves, after classifying the error.
+        "retries": 0,
+        "fragment_retries": 0,
+        "extractor_retries": 0,
+        "skip_unavailable_fragments": False,
+        "quiet": True,
+        "no_warnings": True,
+        "noprogress": True,
+        "logger": _YtDlpLog(),
+        "progress_hooks": [hook],
+        "cachedir": False,
+        "cookiefile": None,
+        "usenetrc": False,
+        "overwrites": True,
+        "updatetime": False,
+        # We decode with our own ffmpeg: no fixups, no post-processors, no ffmpeg downloader.
+        "fixup": "never",
+        "postprocessors": [],
+        "external_downloader": {"default": "native"},
+    }
+
+
+def _guard(deadline: float, max_bytes: int) -> Callable[[dict[str, Any]], None]:
+    """A progress hook enforcing the wall time and the size as data arrives (yt-dlp's
+    ``max_filesize`` only checks a Content-Length, which chunked responses do not send)."""
+
+    def hook(progress: dict[str, Any]) -> None:
+        if time.monotonic() > deadline:
+            raise _DeadlineExceeded
+        for field in ("downloaded_bytes", "total_bytes"):
+            value = progress.get(field)
+            if isinstance(value, int) and value > max_bytes:
+                raise _TooLarge(value if field == "total_bytes" else 0)
+
+    return hook
+
+
+def _refuse_playlist(info: Any) -> None:
+    if not isinstance(info, dict):
+        raise DownloadError("could not download the link: yt-dlp returned no media")
+    if info.get("_type") in ("playlist", "multi_video") or "entries" in info:
+        raise DownloadError("links to playlists are not supported: send one track")
+
+
+def _check_info(info: dict[str, Any], limits: FetchLimits) -> None:
+    if info.get("is_live") or info.get("live_status") in ("is_live", "is_upcoming"):
+        raise DownloadError("live streams are not supported: send a recording")
+    duration = info.get("duration")
+    if isinstance(duration, int | float) and duration > limits.max_duration_s:
+        raise AudioLimitError(
+            f"the link's media is {format_duration(duration)} long; "
+            f"the limit is {format_duration(limits.max_duration_s)}"
+        )
+    for field in ("filesize", "filesize_approx"):
+        size = info.get(field)
+        if isinstance(size, int | float) and size > limits.max_bytes:
+            raise _too_large(limits, int(size))
+
+
+def _downloaded_file(done: dict[str, Any], limits: FetchLimits) -> Path:
+    downloads = done.get("requested_downloads") or []
+    path = downloads[0].get("filepath") if downloads else None
+    if not path:
+        # yt-dlp skips a file whose Content-Length is over max_filesize without an error.
+        raise _too_large(limits, 0)
+    found = Path(path)
+    if not found.is_file():
+        raise DownloadError("could not download the link: yt-dlp reported a file it did not write")
+    return found
+
+
+@contextmanager
+def _translated(limits: FetchLimits, *, downloading: bool) -> Iterator[None]:
+    """Turn whatever yt-dlp raises inside the block into our errors or :class:`_Transient`."""
+    try:
+        yield
+    except (StemifyError, _Transient):
+        raise
+    except Exception as e:
+        raise _classify(e, limits, downloading=downloading) from e
+
+
+def _classify(exc: Exception, limits: FetchLimits, *, downloading: bool) -> Exception:
+    chain = list(_causes(exc))
+    for e in chain:
+        if isinstance(e, _DeadlineExceeded):
+            return _timeout_error(limits)
+        if isinstance(e, _TooLarge):
+            return _too_large(limits, e.size)
+    for e in chain:
+        if isinstance(e, HTTPError):
+            status = int(e.status)
+            answered = f"the server answered HTTP {status} {e.reason or ''}".rstrip()
+            if status >= 500 or status in (408, 429):
+                return _Transient(answered)
+            return DownloadError(f"could not download the link: {answered}")
+        if isinstance(e, CertificateVerifyError):
+            return DownloadError(
+                "could not download the link: the site's TLS certificate is not valid"
+            )
+        if isinstance(e, TransportError | ContentTooShortError | http.client.HTTPException) or (
+            _is_network_os_error(e)
+        ):
+            return _Transient(_network_reason(chain))
+        if isinstance(e, UnsupportedError):
+            return DownloadError(
+                "could not download the link: no audio or video found there (not a media "
+                "file, and not a page yt-dlp can read)"
+            )
+    message = _clean_message(str(getattr(exc, "msg", None) or exc))
+    if downloading and isinstance(exc, YtDlpDownloadError) and message.startswith("Got error:"):
+        # yt-dlp's HTTP downloader reports the errors it would have retried (connection cut,
+        # short body, 5xx) only as text, without the exception.
+        return _Transient(_reason_from_text(message.removeprefix("Got error:").strip()))
+    if not isinstance(exc, YoutubeDLError):
+        _log.warning("unexpected error from yt-dlp", exc_info=exc)
+    return DownloadError(f"could not download the link: {message or 'yt-dlp failed'}")
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and everything behind it: ``__cause__``/``__context__``, yt-dlp's ``cause``
+    and ``exc_info``; each once, nearest first."""
+    seen: set[int] = set()
+    queue: list[BaseException] = [exc]
+    while queue:
+        e = queue.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        exc_info = getattr(e, "exc_info", None)
+        linked = [
+            getattr(e, "cause", None),
+            exc_info[1] if isinstance(exc_info, tuple) and len(exc_info) > 1 else None,
+            e.__cause__,
+            e.__context__,
+        ]
+        queue.extend(x for x in linked if isinstance(x, BaseException))
+
+
+def _is_network_os_error(e: BaseException) -> bool:
+    # Not every OSError: a full disk or a permission error here is ours, not the network's.
+    return isinstance(e, ConnectionError | TimeoutError | socket.gaierror) or (
+        isinstance(e, OSError) and e.errno in _NETWORK_ERRNOS
+    )
+
+
+def _network_reason(chain: list[BaseException]) -> str:
+    for e in chain:
+        if isinstance(e, TimeoutError):
+            return "the server did not answer in time"
+        if isinstance(e, ConnectionRefusedError):
+            return "the connection was refused"
+        if isinstance(e, ContentTooShortError | http.client.IncompleteRead):
+            return "the connection was cut before the end of the file"
+        if isinstance(e, ConnectionError | http.client.RemoteDisconnected):
+            return "the server closed the connection"
+        if isinstance(e, socket.gaierror):
+            return "the host name could not be resolved"
+    transport = next((e for e in chain if isinstance(e, TransportError)), chain[0])
+    return _reason_from_text(_clean_message(str(transport))) or "a network error"
+
+
+def _reason_from_text(text: str) -> str:
+    """yt-dlp's downloader words for the errors it reports without an exception."""
+    if m := re.fullmatch(r"HTTP Error (\d{3}): ?(.*)", text):
+        return f"the server answered HTTP {m[1]} {m[2]}".rstrip()
+    if re.fullmatch(r"Downloaded \d+ bytes, expected \d+ bytes", text):
+        return "the connection was cut before the end of the file"
+    if "timed out" in text:
+        return "the server did not answer in time"
+    return text
+
+
+def _clean_message(text: str) -> str:
+    """One line of a yt-dlp message, without colour codes, "ERROR: [generic] id: " and
+    "(caused by ...)" noise."""
+    text = _ANSI.sub("", text).replace("\r", "").strip()
+    text = text.splitlines()[0] if text else ""
+    text = _YTDLP_PREFIX.sub("", text, count=1)
+    text = re.sub(r"\s*\(caused by .*\)\s*$", "", text)
+    text = re.sub(r";\s*please report this issue.*$", "", text, flags=re.IGNORECASE)
+    return text.strip().rstrip(".")[:300]
+
+
+def _timeout_error(limits: FetchLimits) -> DownloadError:
+    return DownloadError(
+        f"could not download the link: it took longer than the {limits.timeout_s:g} s limit"
+    )
+
+
+def _too_large(limits: FetchLimits, size: int) -> UploadTooLargeError:
+    limit = format_bytes(limits.max_bytes)
+    if size > limits.max_bytes:
+        return UploadTooLargeError(f"the link's file is {format_bytes(size)}; the limit is {limit}")
+    return UploadTooLargeError(f"the link's file is larger than the limit of {limit}")
+
+
+def clean_title(raw: object) -> str:
+    """A title safe to show: printable, whitespace collapsed, at most 200 characters."""
+    text = "" if raw is None else str(raw)
+    # isprintable() is False for control and format characters (bidi overrides included).
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    if len(text) > TITLE_MAX_CHARS:
+        text = text[: TITLE_MAX_CHARS - 1].rstrip() + "…"
+    return text or "untitled"
+
+
+def format_duration(seconds: float) -> str:
+    """``3:12:00``, or ``4:05`` under an hour."""
+    total = round(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def format_bytes(n: int) -> str:
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{n} bytes"
+
+
+class _YtDlpLog:
+    """yt-dlp's output goes to our log at debug level, never to the worker's stderr; the
+    errors that matter reach the caller as exceptions."""
+
+    def debug(self, msg: str) -> None:
+        _log.debug("yt-dlp: %s", msg)
+
+    def info(self, msg: str) -> None:
+        _log.debug("yt-dlp: %s", msg)
+
+    def warning(self, msg: str) -> None:
+        _log.debug("yt-dlp: %s", msg)
+
+    def error(self, msg: str) -> None:
+        _log.debug("yt-dlp: %s", msg)

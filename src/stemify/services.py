@@ -1,0 +1,182 @@
+"""Wiring: builds the store, storage, queue, events and model cache from Settings, once per
+process, and the few operations that API, workers and the command line share."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import secrets
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import redis
+
+from stemify.errors import StemifyError
+from stemify.jobs.events import EventBus, LocalEventBus, RedisEventBus
+from stemify.jobs.model import Job, JobStatus, StemFile
+from stemify.jobs.render import job_to_dict
+from stemify.jobs.store import JobStore, now_utc
+from stemify.jobs.webhooks import deliver
+from stemify.models import ModelCache, load_model
+from stemify.settings import Settings
+from stemify.storage import Storage, storage_from_url
+from stemify.worker.queue import JobQueue, LocalQueue, RedisQueue, make_broker
+
+log = logging.getLogger(__name__)
+
+
+class ConfigurationError(StemifyError):
+    code = "configuration_error"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: JobStore
+    storage: Storage
+    queue: JobQueue
+    events: EventBus
+    models: ModelCache
+    secret: bytes  # signs webhooks
+
+    def close(self) -> None:
+        self.queue.close()
+        self.store.close()
+
+
+def build_services(settings: Settings) -> Services:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = JobStore.from_url(settings.database)
+    store.migrate()
+    queue: JobQueue
+    events: EventBus
+    if settings.redis_url is not None:
+        url = settings.redis_url.get_secret_value()
+        queue = RedisQueue(make_broker(url, namespace=f"{settings.redis_prefix}-dramatiq"))
+        events = RedisEventBus(redis.Redis.from_url(url), prefix=settings.redis_prefix)
+    else:
+        queue, events = LocalQueue(), LocalEventBus()
+    models = ModelCache(
+        loader=functools.partial(load_model, model_dir=settings.model_dir),
+        budget_bytes=settings.model_cache_mb << 20,
+    )
+    return Services(
+        settings=settings,
+        store=store,
+        storage=storage_from_url(settings.storage),
+        queue=queue,
+        events=events,
+        models=models,
+        secret=load_secret(settings),
+    )
+
+
+def load_secret(settings: Settings) -> bytes:
+    if settings.secret_key is not None:
+        return settings.secret_key.get_secret_value().encode()
+    if settings.distributed:
+        # Every API and worker process must sign with the same key.
+        raise ConfigurationError(
+            "STEMIFY_SECRET_KEY must be set when STEMIFY_REDIS_URL is set "
+            "(all processes share it); generate one with: python -c "
+            '"import secrets; print(secrets.token_urlsafe(32))"'
+        )
+    path = settings.data_dir / "secret_key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as file:
+            file.write(secrets.token_urlsafe(32))
+    return path.read_text().strip().encode()
+
+
+def publish_job(services: Services, job: Job) -> None:
+    services.events.publish(job.id, {"id": job.id, "status": job.status.value})
+
+
+def submit_job(services: Services, job: Job) -> Job:
+    """Store a new job; complete it at once from the dedup cache or put it on the queue.
+
+    With an idempotency key its owner already used, the earlier job is returned unchanged."""
+    stored, created = services.store.add(job)
+    if not created:
+        return stored
+    if job.input_sha256 is not None and complete_from_cache(services, stored):
+        done = services.store.get(job.id)
+        if done is not None:
+            send_webhook(services, done, background=True)
+            return done
+    services.queue.enqueue(job.id)
+    return stored
+
+
+def _copy(storage: Storage, source: str, target: str) -> int:
+    path = storage.local_path(source)
+    if path is not None:
+        return storage.put_file(target, path)
+    with storage.open(source) as reader, storage.writer(target) as writer:
+        while chunk := reader.read(1 << 20):
+            writer.write(chunk)
+    return storage.size(target)
+
+
+def complete_from_cache(services: Services, job: Job) -> bool:
+    """Finish ``job`` with a copy of the stems of an earlier identical job, if one exists."""
+    if job.input_sha256 is None:
+        return False
+    now = now_utc()
+    source = services.store.find_reusable(job.input_sha256, job.spec.params_hash(), now)
+    if source is None:
+        return False
+    stems: dict[str, StemFile] = {}
+    try:
+        for name, stem in source.stems.items():
+            key = f"jobs/{job.id}/stems/{Path(stem.key).name}"
+            stems[name] = StemFile(name, key, _copy(services.storage, stem.key, key))
+    except StemifyError:
+        # The earlier job expired under us: separate for real.
+        services.storage.delete_prefix(f"jobs/{job.id}/stems/")
+        return False
+    ttl = timedelta(hours=services.settings.result_ttl_hours)
+    finished = services.store.succeed(
+        job.id,
+        job.worker_id,
+        stems=stems,
+        quality=source.quality,
+        stage_seconds={},
+        now=now,
+        expires_at=now + ttl,
+        cache_hit=True,
+    )
+    if not finished:
+        services.storage.delete_prefix(f"jobs/{job.id}/stems/")
+        return False
+    done = services.store.get(job.id)
+    if done is not None:
+        publish_job(services, done)
+    return True
+
+
+def send_webhook(services: Services, job: Job, *, background: bool = False) -> None:
+    if job.webhook_url is None or job.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+        return
+    base = (services.settings.public_url or "").rstrip("/") + "/api/v1"
+    payload = job_to_dict(job, base_url=base)
+    url = job.webhook_url
+
+    def send() -> None:
+        result = deliver(url, payload, services.secret, attempts=services.settings.webhook_attempts)
+        if not result.delivered:
+            log.warning(
+                "webhook for job %s not delivered after %d attempts: %s",
+                job.id,
+                result.attempts,
+                result.error,
+            )
+
+    if background:
+        threading.Thread(target=send, name=f"webhook-{job.id}", daemon=True).start()
+    else:
+        send()

@@ -1,0 +1,59 @@
+"""Periodic repairs: the reconciler (nothing is lost) and the sweeper (nothing is kept too long)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from stemify.jobs.model import JobStatus
+from stemify.jobs.store import stale_cutoff
+from stemify.services import Services
+
+log = logging.getLogger(__name__)
+
+
+def reconcile(services: Services, now: datetime, *, at_start: bool = False) -> list[str]:
+    """Re-enqueue queued jobs the queue does not hold, and running jobs whose worker died.
+
+    At start every queued job not in the queue is re-sent; later only those that have waited
+    ``requeue_after_s`` since they were last sent, so a message in flight is not doubled.
+    Doubles would be harmless anyway: a claim succeeds once."""
+    settings, store, queue = services.settings, services.store, services.queue
+    pending = queue.pending()
+    cutoff = None if at_start else now - timedelta(seconds=settings.requeue_after_s)
+    resend = [
+        job_id for job_id in store.queued_ids(enqueued_before=cutoff) if job_id not in pending
+    ]
+    stale = store.stale_running_ids(
+        stale_cutoff(now, settings.heartbeat_timeout_s),
+        enqueued_before=now - timedelta(seconds=settings.requeue_after_s),
+    )
+    for job_id in [*resend, *stale]:
+        queue.enqueue(job_id)
+        store.mark_enqueued(job_id, now)
+    if resend or stale:
+        log.warning("reconciler re-enqueued %d queued and %d stale jobs", len(resend), len(stale))
+    return [*resend, *stale]
+
+
+def sweep(services: Services, now: datetime) -> list[str]:
+    """Delete the files of jobs past their expiry and mark them expired."""
+    swept = []
+    for job in services.store.expired_jobs(now):
+        services.storage.delete_prefix(f"jobs/{job.id}/")
+        if services.store.mark_expired(job.id):
+            swept.append(job.id)
+    if swept:
+        log.info("sweeper expired %d jobs", len(swept))
+    return swept
+
+
+def cleanup(
+    services: Services, statuses: list[JobStatus], older_than: timedelta, now: datetime
+) -> int:
+    """Delete finished jobs (rows and files) of the given statuses, finished before a cutoff."""
+    removed = 0
+    for job_id in services.store.finished_ids(statuses, now - older_than):
+        services.storage.delete_prefix(f"jobs/{job_id}/")
+        removed += services.store.delete(job_id)
+    return removed

@@ -1,0 +1,270 @@
+"""Run one job end to end: claim, fetch, separate, store, finish — whatever happens.
+
+A runner never trusts the queue: it claims the job in the store first (a message for a job
+that is finished or owned by a live worker is dropped), beats while it works, and writes its
+result only while it still owns the job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from stemify.audio import probe
+from stemify.engine import CancelToken, Progress, separate_file
+from stemify.errors import AudioLimitError, CancelledError, StemifyError
+from stemify.jobs.fetch import FetchLimits, fetch_url
+from stemify.jobs.model import Job, JobStatus, Stage, StemFile
+from stemify.jobs.store import now_utc, stale_cutoff
+from stemify.services import Services, complete_from_cache, publish_job, send_webhook
+
+log = logging.getLogger(__name__)
+
+StopReason = Literal["canceled", "timeout", "shutdown", "lost"]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def format_duration(seconds: float) -> str:
+    whole = int(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
+@dataclass
+class _Watch:
+    """Why the job must stop, decided by the heartbeat thread."""
+
+    token: CancelToken = field(default_factory=CancelToken)
+    reason: StopReason | None = None
+
+    def stop(self, reason: StopReason) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.token.cancel()
+
+
+class JobRunner:
+    def __init__(self, services: Services, worker_id: str, shutdown: threading.Event) -> None:
+        self.services = services
+        self.worker_id = worker_id
+        self.shutdown = shutdown
+
+    def run(self, job_id: str) -> None:
+        store, settings = self.services.store, self.services.settings
+        now = now_utc()
+        job = store.claim(
+            job_id, self.worker_id, now, stale_cutoff(now, settings.heartbeat_timeout_s)
+        )
+        if job is None:
+            log.info(
+                "job %s is not claimable (finished, canceled or owned): message dropped", job_id
+            )
+            return
+        log.info("job %s claimed by %s (attempt %d)", job_id, self.worker_id, job.attempts)
+        publish_job(self.services, job)
+        watch = _Watch()
+        beating = threading.Event()
+        beat = threading.Thread(
+            target=self._heartbeat,
+            args=(job, watch, beating),
+            name=f"heartbeat-{job_id}",
+            daemon=True,
+        )
+        beat.start()
+        try:
+            with tempfile.TemporaryDirectory(prefix=f"stemify-{job_id}-") as scratch:
+                self._execute(job, Path(scratch), watch)
+        except CancelledError:
+            self._stopped(job, watch.reason or "canceled")
+        except StemifyError as exc:
+            log.info("job %s failed: %s: %s", job_id, exc.code, exc.message)
+            store.fail(job_id, self.worker_id, code=exc.code, message=exc.message, now=now_utc())
+        except Exception:
+            log.exception("job %s: unexpected error", job_id)
+            store.fail(
+                job_id,
+                self.worker_id,
+                code="internal_error",
+                message="an internal error occurred; the job can be retried",
+                now=now_utc(),
+            )
+        finally:
+            beating.set()
+            beat.join()
+        final = store.get(job_id)
+        if final is None:  # deleted while running: leave no orphan files behind
+            self.services.storage.delete_prefix(f"jobs/{job_id}/")
+        else:
+            publish_job(self.services, final)
+            if final.status.finished and final.status != JobStatus.SUCCEEDED:
+                self.services.storage.delete_prefix(f"jobs/{job_id}/stems/")
+            send_webhook(self.services, final)
+
+    def _stopped(self, job: Job, reason: StopReason) -> None:
+        store, now = self.services.store, now_utc()
+        if reason == "shutdown":
+            if store.release(job.id, self.worker_id, now):
+                self.services.queue.enqueue(job.id)
+                log.info("job %s handed back to the queue (shutdown)", job.id)
+        elif reason == "timeout":
+            limit = format_duration(self.services.settings.job_timeout_s)
+            store.fail(
+                job.id, self.worker_id, code="timeout",
+                message=f"the job took longer than the {limit} limit", now=now,
+            )  # fmt: skip
+        elif reason == "canceled":
+            store.mark_canceled(job.id, self.worker_id, now)
+        # "lost": another worker owns the job now; write nothing.
+
+    def _heartbeat(self, job: Job, watch: _Watch, done: threading.Event) -> None:
+        store, settings = self.services.store, self.services.settings
+        started = time.monotonic()
+        shutdown_seen: float | None = None
+        while not done.wait(settings.heartbeat_interval_s):
+            if not store.heartbeat(job.id, self.worker_id, now_utc()):
+                watch.stop("canceled" if store.cancel_requested(job.id) else "lost")
+            elif store.cancel_requested(job.id):
+                watch.stop("canceled")
+            if time.monotonic() - started > settings.job_timeout_s:
+                watch.stop("timeout")
+            if self.shutdown.is_set():
+                shutdown_seen = shutdown_seen or time.monotonic()
+                if time.monotonic() - shutdown_seen > settings.shutdown_grace_s:
+                    watch.stop("shutdown")
+
+    # ---- the work ----------------------------------------------------------------------
+
+    def _execute(self, job: Job, scratch: Path, watch: _Watch) -> None:
+        services, store = self.services, self.services.store
+        seconds: dict[str, float] = {}
+        if job.input_key is None:
+            started = time.monotonic()
+            job = self._download(job, scratch, watch)
+            seconds["downloading"] = time.monotonic() - started
+            if complete_from_cache(services, job):
+                return
+        assert job.input_key is not None
+        source = services.storage.local_path(job.input_key)
+        if source is None:
+            source = scratch / "input"
+            with services.storage.open(job.input_key) as reader, source.open("wb") as out:
+                while chunk := reader.read(1 << 20):
+                    out.write(chunk)
+        model = services.models.get(job.spec.model)
+        settings = services.settings
+        options = job.spec.separation_options(
+            device=settings.device, batch_size=settings.batch_size
+        )
+        ext = options.output.extension
+        result = separate_file(
+            source,
+            model,
+            lambda stem: scratch / "stems" / f"{stem}.{ext}",
+            options,
+            on_progress=_Reporter(services, job, self.worker_id),
+            cancel=watch.token,
+        )
+        seconds.update(result.stage_seconds)
+
+        store.set_progress(job.id, self.worker_id, Stage.STORING, 99.0, None)
+        started = time.monotonic()
+        stems = {
+            name: StemFile(
+                name,
+                f"jobs/{job.id}/stems/{path.name}",
+                services.storage.put_file(f"jobs/{job.id}/stems/{path.name}", path, move=True),
+            )
+            for name, path in result.stems.items()
+        }
+        seconds["storing"] = time.monotonic() - started
+        now = now_utc()
+        if not store.succeed(
+            job.id,
+            self.worker_id,
+            stems=stems,
+            quality=result.quality.to_dict(),
+            stage_seconds=seconds,
+            now=now,
+            expires_at=now + timedelta(hours=settings.result_ttl_hours),
+        ):
+            raise CancelledError("the job was canceled or taken over while storing")
+
+    def _download(self, job: Job, scratch: Path, watch: _Watch) -> Job:
+        services, settings = self.services, self.services.settings
+        assert job.source_url is not None
+        services.store.set_progress(job.id, self.worker_id, Stage.DOWNLOADING, 0.0, None)
+        limits = FetchLimits(
+            max_bytes=settings.max_upload_mb << 20,
+            max_duration_s=settings.max_duration_s,
+            timeout_s=settings.download_timeout_s,
+            retries=settings.download_retries,
+        )
+        fetched = fetch_url(
+            job.source_url,
+            scratch / "download",
+            limits,
+            allow_loopback=settings.allow_loopback_urls,
+        )
+        if watch.token.cancelled:
+            raise CancelledError()
+        info = probe(fetched.path)
+        if info.duration_s > settings.max_duration_s:
+            raise AudioLimitError(
+                f"the linked audio is {format_duration(info.duration_s)} long; "
+                f"the limit is {format_duration(settings.max_duration_s)}"
+            )
+        key = f"jobs/{job.id}/input"
+        digest = sha256_of(fetched.path)
+        size = services.storage.put_file(key, fetched.path, move=True)
+        services.store.set_input(
+            job.id, key=key, sha256=digest, size=size, duration_s=info.duration_s,
+            fmt=info.codec, name=fetched.title,
+        )  # fmt: skip
+        updated = services.store.get(job.id)
+        assert updated is not None
+        return updated
+
+
+class _Reporter:
+    """Engine progress → the store (at most twice a second) and the event bus."""
+
+    _STAGES: ClassVar[dict[str, Stage]] = {
+        "decoding": Stage.DECODING,
+        "separating": Stage.SEPARATING,
+        "encoding": Stage.ENCODING,
+    }
+
+    def __init__(self, services: Services, job: Job, worker_id: str) -> None:
+        self._services = services
+        self._job = job
+        self._worker_id = worker_id
+        self._last = 0.0
+        self._stage: Stage | None = None
+
+    def __call__(self, progress: Progress) -> None:
+        stage = self._STAGES[progress.stage]
+        now = time.monotonic()
+        if stage == self._stage and now - self._last < 0.5 and progress.fraction < 1.0:
+            return
+        self._stage, self._last = stage, now
+        percent = min(progress.fraction * 98.0, 98.0)  # the rest is storing
+        self._services.store.set_progress(
+            self._job.id, self._worker_id, stage, percent, progress.eta_s
+        )
+        self._services.events.publish(
+            self._job.id,
+            {"id": self._job.id, "status": "running", "stage": stage.value, "progress": percent},
+        )

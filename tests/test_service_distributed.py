@@ -1,0 +1,147 @@
+"""Scaled-out mode: `stemify serve` (API only) + `stemify worker` processes over Redis and
+PostgreSQL. Workers are killed and Redis is flushed for real."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+from harness import Cluster, client, redis_server, submit, wait_for
+
+MakeAudio = Callable[..., Path]
+
+
+def distributed_env(
+    tmp_path: Path, model_dir: Path, database_url: str, redis_url: str, prefix: str
+) -> dict[str, str]:
+    return {
+        "STEMIFY_DATA_DIR": str(tmp_path / "data"),
+        "STEMIFY_STORAGE_URL": str(tmp_path / "shared-storage"),
+        "STEMIFY_MODEL_DIR": str(model_dir),
+        "STEMIFY_DEFAULT_MODEL": "tiny",
+        "STEMIFY_DATABASE_URL": database_url,
+        "STEMIFY_REDIS_URL": redis_url,
+        "STEMIFY_REDIS_PREFIX": prefix,
+        "STEMIFY_SECRET_KEY": "shared-secret",
+        "STEMIFY_HEARTBEAT_INTERVAL_S": "0.5",
+        "STEMIFY_HEARTBEAT_TIMEOUT_S": "3",
+        "STEMIFY_RECONCILE_INTERVAL_S": "1",
+        "STEMIFY_REQUEUE_AFTER_S": "2",
+    }
+
+
+@pytest.fixture
+def cluster(
+    tmp_path: Path, model_dir: Path, postgres_url: str, redis_url: str, redis_prefix: str
+) -> Iterator[Cluster]:
+    running = Cluster(
+        tmp_path, distributed_env(tmp_path, model_dir, postgres_url, redis_url, redis_prefix)
+    )
+    yield running
+    running.stop()
+
+
+def worker_of(database_url: str, job_id: str) -> str | None:
+    engine = sqlalchemy.create_engine(database_url)
+    with engine.connect() as connection:
+        value = connection.execute(
+            sqlalchemy.text("SELECT worker_id FROM jobs WHERE id = :id"), {"id": job_id}
+        ).scalar()
+    engine.dispose()
+    return str(value) if value else None
+
+
+def test_ten_jobs_over_two_workers(
+    cluster: Cluster, make_audio: MakeAudio, postgres_url: str
+) -> None:
+    cluster.serve()
+    workers = [cluster.start("worker", name=f"worker{i}") for i in range(2)]
+    songs = [make_audio(f"song{i}.wav", seconds=1.5) for i in range(10)]
+    with ThreadPoolExecutor(10) as pool:
+        jobs = list(pool.map(lambda s: submit(client(cluster.base), s, shifts="0"), songs))
+    api = client(cluster.base)
+    finals = [wait_for(api, j["id"], timeout=180) for j in jobs]
+    assert [f["status"] for f in finals] == ["succeeded"] * 10, cluster.logs()
+    assert all(f["attempts"] == 1 for f in finals)
+    used = {worker_of(postgres_url, j["id"]) for j in jobs}
+    assert len(used) == 2, "both workers should have taken jobs"
+    ready = api.get("/ready").json()
+    assert ready["status"] == "ready" and len(ready["workers"]) == 2
+    for worker in workers:
+        assert worker.popen.poll() is None
+
+
+def test_killed_worker_job_is_finished_by_another(
+    cluster: Cluster, make_audio: MakeAudio, postgres_url: str
+) -> None:
+    cluster.serve()
+    first = cluster.start("worker", name="first")
+    api = client(cluster.base)
+    job = submit(api, make_audio("long.wav", seconds=20.0), shifts="4")
+    wait_for(api, job["id"], lambda j: j["status"] == "running" and j["progress"] > 5, timeout=60)
+    first.signal(signal.SIGKILL)
+    first.wait(10)
+    second = cluster.start("worker", name="second")
+    done = wait_for(api, job["id"], timeout=120)
+    assert done["status"] == "succeeded", cluster.logs()
+    assert done["attempts"] == 2
+    assert second.popen.poll() is None
+    owner = worker_of(postgres_url, job["id"])
+    assert owner is not None and f"-{first.pid}-" not in owner
+
+
+def test_sigterm_hands_the_job_back(
+    model_dir: Path, tmp_path: Path, make_audio: MakeAudio, postgres_url: str, redis_url: str,
+    redis_prefix: str,
+) -> None:  # fmt: skip
+    env = distributed_env(tmp_path, model_dir, postgres_url, redis_url, redis_prefix)
+    env["STEMIFY_SHUTDOWN_GRACE_S"] = "1"
+    cluster = Cluster(tmp_path, env)
+    try:
+        cluster.serve()
+        first = cluster.start("worker", name="first")
+        api = client(cluster.base)
+        job = submit(api, make_audio("long.wav", seconds=20.0), shifts="4")
+        wait_for(api, job["id"], lambda j: j["status"] == "running" and j["progress"] > 3)
+        first.signal(signal.SIGTERM)
+        assert first.wait(60) == 0, first.output()
+        assert "handed back" in first.output()
+        assert api.get(f"/jobs/{job['id']}").json()["status"] == "queued"
+        cluster.start("worker", name="second")
+        assert wait_for(api, job["id"], timeout=120)["status"] == "succeeded", cluster.logs()
+    finally:
+        cluster.stop()
+
+
+def test_redis_flushed_while_jobs_wait(
+    model_dir: Path, tmp_path: Path, make_audio: MakeAudio, postgres_url: str
+) -> None:
+    with redis_server() as url:
+        cluster = Cluster(
+            tmp_path, distributed_env(tmp_path, model_dir, postgres_url, url, "flush")
+        )
+        try:
+            cluster.serve()
+            api = client(cluster.base)
+            jobs = [
+                submit(api, make_audio(f"song{i}.wav", seconds=1.5), shifts="0") for i in range(4)
+            ]
+            port = url.rsplit(":", 1)[1].split("/")[0]
+            keys = subprocess.run(
+                ["redis-cli", "-p", port, "dbsize"], capture_output=True, text=True, check=True
+            )
+            assert int(keys.stdout) > 0, "the jobs' messages should be in Redis"
+            subprocess.run(["redis-cli", "-p", port, "flushall"], check=True, capture_output=True)
+            time.sleep(0.2)
+            cluster.start("worker", name="worker")
+            finals = [wait_for(api, j["id"], timeout=120) for j in jobs]
+            assert [f["status"] for f in finals] == ["succeeded"] * 4, cluster.logs()
+            assert "reconciler re-enqueued" in cluster.logs()
+        finally:
+            cluster.stop()
