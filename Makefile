@@ -24,7 +24,7 @@ system-deps:
 setup: system-deps $(STAMP)
 
 run: setup
-	$(VENV)/bin/stemify --help
+	$(VENV)/bin/stemify serve
 
 test: setup
 	$(PY) -m pytest
@@ -40,6 +40,7 @@ format: setup
 
 bench: setup
 	$(PY) bench/bench_engine.py
+	$(PY) bench/bench_service.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

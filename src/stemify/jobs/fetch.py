@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import yt_dlp  # type: ignore[import-untyped]
-from yt_dlp.networking.exceptions import (  # type: ignore[import-untyped]
+import yt_dlp
+from yt_dlp.networking.exceptions import (
     CertificateVerifyError,
     HTTPError,
     TransportError,
 )
-from yt_dlp.utils import (  # type: ignore[import-untyped]
+from yt_dlp.utils import (
     ContentTooShortError,
     UnsupportedError,
     YoutubeDLError,

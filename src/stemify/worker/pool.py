@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 import dramatiq
+import torch
 
 from stemify.jobs.store import now_utc
 from stemify.services import Services
@@ -84,6 +85,13 @@ class Maintenance:
                 log.exception("maintenance tick failed")
 
 
+def share_cores(concurrency: int) -> None:
+    """Give each concurrent job its share of the cores: torch's own threads per job times the
+    jobs at once must not exceed the cores, or OpenMP threads spin against each other and
+    every job slows down many times over."""
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // concurrency))
+
+
 def preload(services: Services) -> None:
     for name in services.settings.preload_models:
         log.info("preloading model %s", name)
@@ -109,6 +117,7 @@ class EmbeddedWorkers:
         ]
 
     def start(self) -> None:
+        share_cores(len(self.threads))
         preload(self.services)
         self.maintenance.start()
         for thread in self.threads:
@@ -159,8 +168,10 @@ class DramatiqWorkers:
 
         dramatiq.actor(actor_name=ACTOR_NAME, queue_name=QUEUE_NAME, broker=broker)(run_job)
         self.worker = dramatiq.Worker(broker, worker_threads=concurrency, worker_timeout=500)
+        self.concurrency = concurrency
 
     def start(self) -> None:
+        share_cores(self.concurrency)
         preload(self.services)
         self.maintenance.start()
         self.worker.start()
