@@ -21,6 +21,23 @@ import httpx
 STEMIFY = str(Path(sys.executable).with_name("stemify"))
 
 
+def ffmpeg_children() -> list[int]:
+    """Our child processes named ffmpeg, running or zombie (a zombie keeps its /proc entry)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if parent == os.getpid() and name == "ffmpeg":
+            found.append(int(entry.name))
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

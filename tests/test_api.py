@@ -25,7 +25,7 @@ import pytest
 import uvicorn
 
 from stemify.api import create_app
-from stemify.api.routes_jobs import byte_range
+from stemify.api.routes_downloads import byte_range
 from stemify.api.uploads import display_name
 from stemify.jobs.events import LocalEventBus
 from stemify.jobs.model import Job, JobSpec, StemFile
@@ -361,7 +361,7 @@ def test_upload_over_the_limit_is_413_and_leaves_nothing(make_api: MakeApi) -> N
 def test_too_long_is_422_and_leaves_nothing(make_api: MakeApi, song: Path) -> None:
     api = make_api(max_duration_s=1.0)
     message = error_of(upload(api, song), 422, "audio_limit")
-    assert message == "the uploaded file is 0:00:02 long; the limit is 0:00:01"
+    assert message == "the uploaded file is 0:02 long; the limit is 0:01"
     assert api.leftovers() == []
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import resource
 import subprocess
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from demucs.audio import prevent_clip
+from harness import ffmpeg_children
 
 from stemify.audio import ClipMode, OutputFormat, StemWriter, decode_blocks
 from stemify.errors import EncodeError, InvalidOptionError
@@ -41,23 +41,6 @@ def write(path: Path, audio: np.ndarray, fmt: OutputFormat, clip: ClipMode = "re
 
 def read(path: Path) -> np.ndarray:
     return np.concatenate(list(decode_blocks(path, samplerate=RATE, channels=2)), axis=1)
-
-
-def ffmpeg_children() -> list[int]:
-    """Our child processes named ffmpeg, running or zombie (a zombie keeps its /proc entry)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited while we looked
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if parent == os.getpid() and name == "ffmpeg":
-            found.append(int(entry.name))
-    return found
 
 
 def stream_facts(path: Path) -> dict[str, Any]:

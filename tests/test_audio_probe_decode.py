@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import wave
 from collections.abc import Callable
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness import ffmpeg_children
 
 from stemify.audio import AudioInfo, decode_blocks, decode_checked, probe, soxr_available
 from stemify.errors import InvalidAudioError, ToolMissingError
@@ -34,23 +34,6 @@ def dominant_frequency(signal: np.ndarray) -> float:
 
 def ffmpeg(*args: str) -> None:
     subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True)
-
-
-def ffmpeg_children() -> list[int]:
-    """Our child processes named ffmpeg, running or zombie (a zombie keeps its /proc entry)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # exited while we looked
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if parent == os.getpid() and name == "ffmpeg":
-            found.append(int(entry.name))
-    return found
 
 
 # name, ffmpeg output args, with video, length tolerance in seconds (lossy codecs add priming)

@@ -20,13 +20,12 @@ import pytest
 
 from stemify.audio.probe import probe
 from stemify.errors import AudioLimitError, DownloadError, InvalidURLError, UploadTooLargeError
+from stemify.formatting import format_bytes, format_duration
 from stemify.jobs.fetch import (
     FetchLimits,
     check_url,
     clean_title,
     fetch_url,
-    format_bytes,
-    format_duration,
 )
 
 pytestmark = pytest.mark.timeout(60)

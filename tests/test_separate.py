@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from demucs.api import Separator
+from harness import ffmpeg_children
 
 from stemify.audio import OutputFormat, decode_blocks, probe
 from stemify.engine import (
@@ -155,7 +154,7 @@ def test_cancel_leaves_nothing(model_dir: Path, make_audio: MakeAudio, tmp_path:
         )  # fmt: skip
     assert stages.count("separating") == 1
     assert list(out.iterdir()) == []  # not even a temporary file
-    assert not _ffmpeg_children()
+    assert not ffmpeg_children()
 
 
 def test_bad_input_leaves_nothing(model_dir: Path, tmp_path: Path) -> None:
@@ -165,10 +164,3 @@ def test_bad_input_leaves_nothing(model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(InvalidAudioError, match=r"noise\.mp3 is not an audio or video file"):
         separate_file(bad, load_model("tiny", model_dir), into(out), SeparationOptions())
     assert not out.exists()
-
-
-def _ffmpeg_children() -> list[int]:
-    found = subprocess.run(
-        ["pgrep", "-P", str(os.getpid()), "ffmpeg"], capture_output=True, text=True
-    )
-    return [int(pid) for pid in found.stdout.split()]

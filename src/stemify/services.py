@@ -7,6 +7,7 @@ import functools
 import logging
 import os
 import secrets
+import tempfile
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,7 +23,7 @@ from stemify.jobs.store import JobStore, now_utc
 from stemify.jobs.webhooks import deliver
 from stemify.models import ModelCache, load_model
 from stemify.settings import Settings
-from stemify.storage import Storage, storage_from_url
+from stemify.storage import Storage, local_file, storage_from_url
 from stemify.worker.queue import JobQueue, LocalQueue, RedisQueue, make_broker
 
 log = logging.getLogger(__name__)
@@ -112,14 +113,8 @@ def submit_job(services: Services, job: Job) -> Job:
     return stored
 
 
-def _copy(storage: Storage, source: str, target: str) -> int:
-    path = storage.local_path(source)
-    if path is not None:
-        return storage.put_file(target, path)
-    with storage.open(source) as reader, storage.writer(target) as writer:
-        while chunk := reader.read(1 << 20):
-            writer.write(chunk)
-    return storage.size(target)
+def _copy(storage: Storage, source: str, target: str, scratch: Path) -> int:
+    return storage.put_file(target, local_file(storage, source, scratch))
 
 
 def complete_from_cache(services: Services, job: Job) -> bool:
@@ -132,9 +127,11 @@ def complete_from_cache(services: Services, job: Job) -> bool:
         return False
     stems: dict[str, StemFile] = {}
     try:
-        for name, stem in source.stems.items():
-            key = f"jobs/{job.id}/stems/{Path(stem.key).name}"
-            stems[name] = StemFile(name, key, _copy(services.storage, stem.key, key))
+        with tempfile.TemporaryDirectory(prefix="stemify-copy-") as scratch:
+            for name, stem in source.stems.items():
+                key = f"jobs/{job.id}/stems/{Path(stem.key).name}"
+                size = _copy(services.storage, stem.key, key, Path(scratch))
+                stems[name] = StemFile(name, key, size)
     except StemifyError:
         # The earlier job expired under us: separate for real.
         services.storage.delete_prefix(f"jobs/{job.id}/stems/")

@@ -6,7 +6,7 @@ import anyio
 from fastapi import FastAPI
 
 from stemify import __version__
-from stemify.api import routes_jobs, routes_system
+from stemify.api import routes_downloads, routes_jobs, routes_system
 from stemify.api.errors import install_error_handlers
 from stemify.services import Services
 
@@ -39,5 +39,6 @@ def create_app(services: Services, *, auth_required: bool) -> FastAPI:
     app.state.event_waiters = anyio.CapacityLimiter(EVENT_WAITERS)
     install_error_handlers(app)
     app.include_router(routes_jobs.router, prefix=API_PREFIX)
+    app.include_router(routes_downloads.router, prefix=API_PREFIX)
     app.include_router(routes_system.router, prefix=API_PREFIX)
     return app

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import re
-import shutil
 import tempfile
 import time
 import uuid
-import zipfile
-from collections.abc import AsyncIterator, Iterator
-from datetime import datetime
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import anyio
 import anyio.to_thread
@@ -23,6 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from stemify.api.auth import CallerDep, ServicesDep, visible_job
 from stemify.api.errors import ApiError
+from stemify.api.threads import in_thread
 from stemify.api.uploads import (
     FILE_FIELD,
     Submission,
@@ -32,12 +28,13 @@ from stemify.api.uploads import (
     read_submission,
 )
 from stemify.audio import AudioInfo, probe
-from stemify.errors import AudioLimitError, InvalidAudioError
+from stemify.errors import InvalidAudioError
+from stemify.formatting import check_duration
 from stemify.jobs.model import Job, JobStatus
 from stemify.jobs.render import job_to_dict
 from stemify.jobs.store import now_utc
 from stemify.services import Services, publish_job, submit_job
-from stemify.storage import Storage
+from stemify.storage import Storage, local_file
 
 router = APIRouter(tags=["jobs"])
 
@@ -88,16 +85,7 @@ def _job_response(job: Job, status: int = 200) -> JSONResponse:
     return JSONResponse(job_to_dict(job), status_code=status)
 
 
-async def _in_thread(func: Any, *args: Any, **kwargs: Any) -> Any:
-    return await anyio.to_thread.run_sync(functools.partial(func, *args, **kwargs))
-
-
 # ---- submitting --------------------------------------------------------------------------------
-
-
-def _clock(seconds: float) -> str:
-    whole = int(seconds)
-    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
 def _probe_upload(path: Path) -> AudioInfo:
@@ -112,20 +100,9 @@ def _probe_upload(path: Path) -> AudioInfo:
 
 
 def _probe_stored(storage: Storage, key: str, max_duration_s: float) -> AudioInfo:
-    path = storage.local_path(key)
-    if path is not None:
-        info = _probe_upload(path)
-    else:
-        with tempfile.TemporaryDirectory(prefix="stemify-probe-") as scratch:
-            copy = Path(scratch) / "input"
-            with storage.open(key) as source, copy.open("wb") as target:
-                shutil.copyfileobj(source, target, 1 << 20)
-            info = _probe_upload(copy)
-    if info.duration_s > max_duration_s:
-        length, limit = _clock(info.duration_s), _clock(max_duration_s)
-        if length == limit:  # over by less than a second
-            length, limit = f"{info.duration_s:.2f} s", f"{max_duration_s:.2f} s"
-        raise AudioLimitError(f"the uploaded file is {length} long; the limit is {limit}")
+    with tempfile.TemporaryDirectory(prefix="stemify-probe-") as scratch:
+        info = _probe_upload(local_file(storage, key, Path(scratch)))
+    check_duration(info.duration_s, max_duration_s, "the uploaded file")
     return info
 
 
@@ -145,7 +122,7 @@ async def _build_job(
 ) -> Job:
     settings, fields, upload = services.settings, submission.fields, submission.upload
     _check_source(fields, upload is not None)
-    spec = await _in_thread(build_spec, fields, settings.model_dir, settings.default_model)
+    spec = await in_thread(build_spec, fields, settings.model_dir, settings.default_model)
     webhook = fields.get("webhook_url", "").strip()
     job = Job(
         id=job_id,
@@ -160,7 +137,7 @@ async def _build_job(
         job.source_url = check_link(fields["url"], "url")
         job.input_name = display_name(unquote(urlsplit(job.source_url).path))
         return job
-    info: AudioInfo = await _in_thread(
+    info: AudioInfo = await in_thread(
         _probe_stored, services.storage, upload.key, settings.max_duration_s
     )
     job.input_name = upload.name
@@ -174,7 +151,7 @@ async def _build_job(
 
 async def _discard(storage: Storage, job_id: str) -> None:
     with anyio.CancelScope(shield=True):
-        await _in_thread(storage.delete_prefix, f"jobs/{job_id}/")
+        await in_thread(storage.delete_prefix, f"jobs/{job_id}/")
 
 
 async def submit(
@@ -187,21 +164,21 @@ async def submit(
 ) -> JSONResponse:
     store, settings = services.store, services.settings
     if idempotency_key is not None:
-        earlier = await _in_thread(store.find_idempotent, caller.key_id, idempotency_key)
+        earlier = await in_thread(store.find_idempotent, caller.key_id, idempotency_key)
         if earlier is not None:  # answered without reading (or storing) the body again
             return _job_response(earlier)
     job_id = uuid.uuid4().hex
 
     async def check_early(fields: dict[str, str]) -> None:
         _check_source(fields, has_file=True)
-        await _in_thread(build_spec, fields, settings.model_dir, settings.default_model)
+        await in_thread(build_spec, fields, settings.model_dir, settings.default_model)
 
     submission = await read_submission(
         request, services.storage, f"jobs/{job_id}/input", settings.max_upload_mb, check_early
     )
     try:
         job = await _build_job(services, submission, job_id, caller.key_id, idempotency_key)
-        stored: Job = await _in_thread(submit_job, services, job)
+        stored: Job = await in_thread(submit_job, services, job)
     except BaseException:
         if submission.upload is not None:
             await _discard(services.storage, job_id)
@@ -230,7 +207,7 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
     try:
-        jobs, next_cursor = await _in_thread(
+        jobs, next_cursor = await in_thread(
             services.store.list_jobs,
             owner=caller.key_id,
             all_owners=caller.admin,
@@ -270,7 +247,7 @@ async def _event_stream(
     subscribing = services.events.subscribe(job_id)
     subscription = await anyio.to_thread.run_sync(subscribing.__enter__, limiter=limiter)
     try:
-        job: Job | None = await _in_thread(services.store.get, job_id)
+        job: Job | None = await in_thread(services.store.get, job_id)
         last, sent_at = "", time.monotonic()
         while job is not None:
             data, event = _sse(job)
@@ -283,7 +260,7 @@ async def _event_stream(
             if job.status.finished or await request.is_disconnected():
                 return
             await anyio.to_thread.run_sync(_wait_for_event, subscription, WAIT_S, limiter=limiter)
-            job = await _in_thread(services.store.get, job_id)
+            job = await in_thread(services.store.get, job_id)
         yield f"event: deleted\ndata: {json.dumps({'id': job_id})}\n\n"
     finally:
         with anyio.CancelScope(shield=True):
@@ -315,10 +292,10 @@ async def cancel_job(job_id: str, services: ServicesDep, caller: CallerDep) -> J
     job = await visible_job(services, caller, job_id)
     if job.status.finished:
         raise ApiError(409, "conflict", f"job already {job.status.value}")
-    updated: Job | None = await _in_thread(services.store.request_cancel, job_id, now_utc())
+    updated: Job | None = await in_thread(services.store.request_cancel, job_id, now_utc())
     if updated is None:
         raise ApiError(404, "not_found", f"job {job_id} not found")
-    await _in_thread(publish_job, services, updated)
+    await in_thread(publish_job, services, updated)
     return _job_response(updated, 202)
 
 
@@ -326,174 +303,9 @@ async def cancel_job(job_id: str, services: ServicesDep, caller: CallerDep) -> J
 async def delete_job(job_id: str, services: ServicesDep, caller: CallerDep) -> Response:
     job = await visible_job(services, caller, job_id)
     if not job.status.finished:
-        await _in_thread(services.store.request_cancel, job_id, now_utc())
-    await _in_thread(services.storage.delete_prefix, f"jobs/{job_id}/")
-    await _in_thread(services.store.delete, job_id)
+        await in_thread(services.store.request_cancel, job_id, now_utc())
+    await in_thread(services.storage.delete_prefix, f"jobs/{job_id}/")
+    await in_thread(services.store.delete, job_id)
     # Wakes up event listeners, who then find the job gone.
-    await _in_thread(services.events.publish, job_id, {"id": job_id, "status": "deleted"})
+    await in_thread(services.events.publish, job_id, {"id": job_id, "status": "deleted"})
     return Response(status_code=204)
-
-
-# ---- downloading -------------------------------------------------------------------------------
-
-_MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg"}
-_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
-_CHUNK = 1 << 18
-
-
-def _succeeded(job: Job) -> Job:
-    if job.status is not JobStatus.SUCCEEDED:
-        raise ApiError(
-            409,
-            "conflict",
-            f"job is {job.status.value}; its stems can be downloaded once it has succeeded",
-        )
-    return job
-
-
-def _base_name(job: Job) -> str:
-    name = job.input_name or f"stemify-{job.id[:8]}"
-    stem, dot, _ = name.rpartition(".")
-    return stem if dot and stem else name
-
-
-def _attachment(file_name: str) -> str:
-    """Content-Disposition with an ASCII ``filename`` and, for other names, RFC 5987's
-    ``filename*`` in UTF-8."""
-    ascii_name = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in file_name)
-    header = f'attachment; filename="{ascii_name}"'
-    if ascii_name != file_name:
-        header += f"; filename*=UTF-8''{quote(file_name, safe='')}"
-    return header
-
-
-def _extension(key: str, job: Job) -> str:
-    last = key.rsplit("/", 1)[-1]
-    return last.rsplit(".", 1)[-1].lower() if "." in last else job.spec.output_format
-
-
-def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
-    """``[start, end)`` of a single ``Range: bytes=`` request; None to send the whole file
-    (no header, several ranges or a malformed one, which HTTP lets a server ignore)."""
-    match = _RANGE.fullmatch(header.strip()) if header else None
-    if match is None or match.group(1) == match.group(2) == "":
-        return None
-    first, last = match.groups()
-    unsatisfiable = ApiError(
-        416,
-        "range_not_satisfiable",
-        f"the range {header} is outside the file ({size} bytes)",
-        {"Content-Range": f"bytes */{size}"},
-    )
-    if not first:
-        suffix = int(last)
-        if suffix == 0 or size == 0:
-            raise unsatisfiable
-        return max(size - suffix, 0), size
-    start = int(first)
-    if last and int(last) < start:
-        return None
-    if start >= size:
-        raise unsatisfiable
-    return start, min(int(last) + 1, size) if last else size
-
-
-@router.get(
-    "/jobs/{job_id}/stems/{stem}",
-    summary="Download one stem (supports Range)",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"audio/wav": {}, "audio/flac": {}, "audio/mpeg": {}}}},
-)
-async def download_stem(
-    job_id: str, stem: str, request: Request, services: ServicesDep, caller: CallerDep
-) -> StreamingResponse:
-    job = _succeeded(await visible_job(services, caller, job_id))
-    found = job.stems.get(stem)
-    if found is None:
-        names = ", ".join(job.stems) or "none"
-        raise ApiError(404, "not_found", f"job {job_id} has no stem {stem!r} (it has {names})")
-    size: int = await _in_thread(services.storage.size, found.key)
-    extension = _extension(found.key, job)
-    headers = {
-        "Accept-Ranges": "bytes",
-        "Content-Disposition": _attachment(f"{_base_name(job)}-{stem}.{extension}"),
-    }
-    span = byte_range(request.headers.get("range"), size)
-    start, end = span if span is not None else (0, size)
-    if span is not None:
-        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    headers["Content-Length"] = str(end - start)
-    chunks = await _in_thread(services.storage.read_range, found.key, start, end, _CHUNK)
-    return StreamingResponse(
-        chunks,
-        status_code=206 if span is not None else 200,
-        headers=headers,
-        media_type=_MEDIA_TYPES.get(extension, "application/octet-stream"),
-    )
-
-
-class _Chunks:
-    """A write-only file for zipfile that hands out what was written since the last take."""
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-
-    def write(self, data: bytes) -> int:
-        self._parts.append(bytes(data))
-        return len(data)
-
-    def flush(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-    def take(self) -> bytes:
-        data = b"".join(self._parts)
-        self._parts.clear()
-        return data
-
-
-def _zip_time(moment: datetime) -> tuple[int, int, int, int, int, int]:
-    return (moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second)
-
-
-def _zip_stream(
-    storage: Storage, entries: list[tuple[str, str, int]], stamp: datetime
-) -> Iterator[bytes]:
-    """A stored (uncompressed) zip of ``(name, key, size)`` entries, produced as it is read:
-    never whole in memory or on disk. The output is not seekable, so every entry ends with a
-    data descriptor; known sizes let zipfile pick zip64 for entries over 2 GiB."""
-    out = _Chunks()
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:
-        for name, key, size in entries:
-            info = zipfile.ZipInfo(name, date_time=_zip_time(stamp))
-            info.compress_type = zipfile.ZIP_STORED
-            info.file_size = size
-            info.external_attr = 0o644 << 16
-            with archive.open(info, "w") as entry:
-                for chunk in storage.read_range(key, 0, None, _CHUNK):
-                    entry.write(chunk)
-                    yield out.take()
-            yield out.take()
-    yield out.take()
-
-
-@router.get(
-    "/jobs/{job_id}/stems.zip",
-    summary="Download every stem as one zip",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"application/zip": {}}}},
-)
-async def download_zip(job_id: str, services: ServicesDep, caller: CallerDep) -> StreamingResponse:
-    job = _succeeded(await visible_job(services, caller, job_id))
-    entries = []
-    for stem in job.stems.values():
-        size: int = await _in_thread(services.storage.size, stem.key)  # missing → 404 now
-        entries.append((f"{stem.name}.{_extension(stem.key, job)}", stem.key, size))
-    stamp = job.finished_at or job.created_at
-    return StreamingResponse(
-        (chunk for chunk in _zip_stream(services.storage, entries, stamp) if chunk),
-        media_type="application/zip",
-        headers={"Content-Disposition": _attachment(f"{_base_name(job)}-stems.zip")},
-    )

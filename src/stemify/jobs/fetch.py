@@ -48,6 +48,7 @@ from stemify.errors import (
     StemifyError,
     UploadTooLargeError,
 )
+from stemify.formatting import format_bytes, format_duration
 
 _log = logging.getLogger(__name__)
 
@@ -456,21 +457,6 @@ def clean_title(raw: object) -> str:
     if len(text) > TITLE_MAX_CHARS:
         text = text[: TITLE_MAX_CHARS - 1].rstrip() + "…"
     return text or "untitled"
-
-
-def format_duration(seconds: float) -> str:
-    """``3:12:00``, or ``4:05`` under an hour."""
-    total = round(seconds)
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def format_bytes(n: int) -> str:
-    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
-        if n >= scale:
-            return f"{n / scale:.1f}".removesuffix(".0") + f" {unit}"
-    return f"{n} bytes"
 
 
 class _YtDlpLog:

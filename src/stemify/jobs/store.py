@@ -330,6 +330,12 @@ class JobStore:
             JobRow.status == JobStatus.RUNNING.value,
         )
 
+    def _finishable(self, job_id: str, worker_id: str | None) -> Any:
+        """A worker finishes the job it owns; without a worker (dedup hit) a queued one."""
+        if worker_id is not None:
+            return self._owned(job_id, worker_id)
+        return and_(JobRow.id == job_id, JobRow.status == JobStatus.QUEUED.value)
+
     def heartbeat(self, job_id: str, worker_id: str, now: datetime) -> bool:
         """False when the job is no longer this worker's (re-claimed, canceled, deleted)."""
         return self._update(self._owned(job_id, worker_id), heartbeat_at=now)
@@ -383,13 +389,8 @@ class JobStore:
         expires_at: datetime,
         cache_hit: bool = False,
     ) -> bool:
-        where = (
-            self._owned(job_id, worker_id)
-            if worker_id is not None
-            else and_(JobRow.id == job_id, JobRow.status == JobStatus.QUEUED.value)
-        )
         return self._update(
-            where,
+            self._finishable(job_id, worker_id),
             status=JobStatus.SUCCEEDED.value,
             stage=None,
             progress=100.0,
@@ -405,13 +406,8 @@ class JobStore:
     def fail(
         self, job_id: str, worker_id: str | None, *, code: str, message: str, now: datetime
     ) -> bool:
-        where = (
-            self._owned(job_id, worker_id)
-            if worker_id is not None
-            else and_(JobRow.id == job_id, JobRow.status == JobStatus.QUEUED.value)
-        )
         return self._update(
-            where,
+            self._finishable(job_id, worker_id),
             status=JobStatus.FAILED.value,
             eta_s=None,
             error_code=code,

@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from stemify.storage.base import Storage, check_key
+from stemify.storage.base import Storage, check_key, local_file
 from stemify.storage.local import LocalStorage
 
-__all__ = ["LocalStorage", "Storage", "check_key", "storage_from_url"]
+__all__ = ["LocalStorage", "Storage", "check_key", "local_file", "storage_from_url"]
 
 
 def storage_from_url(url: str) -> Storage:

@@ -3,6 +3,7 @@ object store (S3) can implement it as well as a local directory."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -81,3 +82,15 @@ def check_prefix(prefix: str) -> str:
     if isinstance(prefix, str) and prefix.endswith("/"):
         prefix = prefix[:-1]
     return check_key(prefix)
+
+
+def local_file(storage: Storage, key: str, scratch: Path) -> Path:
+    """A file with the object's bytes: in place when the backend keeps files, else a copy in
+    ``scratch`` (ffmpeg and the engine read paths, not streams)."""
+    path = storage.local_path(key)
+    if path is not None:
+        return path
+    copy = scratch / key.replace("/", "_")
+    with storage.open(key) as source, copy.open("wb") as target:
+        shutil.copyfileobj(source, target, 1 << 20)
+    return copy

@@ -19,11 +19,13 @@ from typing import ClassVar, Literal
 
 from stemify.audio import probe
 from stemify.engine import CancelToken, Progress, separate_file
-from stemify.errors import AudioLimitError, CancelledError, StemifyError
+from stemify.errors import CancelledError, StemifyError
+from stemify.formatting import check_duration, format_duration
 from stemify.jobs.fetch import FetchLimits, fetch_url
 from stemify.jobs.model import Job, JobStatus, Stage, StemFile
 from stemify.jobs.store import now_utc, stale_cutoff
 from stemify.services import Services, complete_from_cache, publish_job, send_webhook
+from stemify.storage import local_file
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +38,6 @@ def sha256_of(path: Path) -> str:
         while chunk := file.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def format_duration(seconds: float) -> str:
-    whole = int(seconds)
-    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
 @dataclass
@@ -157,12 +154,7 @@ class JobRunner:
             if complete_from_cache(services, job):
                 return
         assert job.input_key is not None
-        source = services.storage.local_path(job.input_key)
-        if source is None:
-            source = scratch / "input"
-            with services.storage.open(job.input_key) as reader, source.open("wb") as out:
-                while chunk := reader.read(1 << 20):
-                    out.write(chunk)
+        source = local_file(services.storage, job.input_key, scratch)
         model = services.models.get(job.spec.model)
         settings = services.settings
         options = job.spec.separation_options(
@@ -221,11 +213,7 @@ class JobRunner:
         if watch.token.cancelled:
             raise CancelledError()
         info = probe(fetched.path)
-        if info.duration_s > settings.max_duration_s:
-            raise AudioLimitError(
-                f"the linked audio is {format_duration(info.duration_s)} long; "
-                f"the limit is {format_duration(settings.max_duration_s)}"
-            )
+        check_duration(info.duration_s, settings.max_duration_s, "the linked audio")
         key = f"jobs/{job.id}/input"
         digest = sha256_of(fetched.path)
         size = services.storage.put_file(key, fetched.path, move=True)

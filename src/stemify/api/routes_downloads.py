@@ -1,0 +1,184 @@
+"""Stem downloads: one stem with HTTP Range, or all of them as a streamed zip."""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from collections.abc import Iterator
+from datetime import datetime
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from stemify.api.auth import CallerDep, ServicesDep, visible_job
+from stemify.api.errors import ApiError
+from stemify.api.threads import in_thread
+from stemify.jobs.model import Job, JobStatus
+from stemify.storage import Storage
+
+router = APIRouter(tags=["downloads"])
+
+# ---- downloading -------------------------------------------------------------------------------
+
+_MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg"}
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_CHUNK = 1 << 18
+
+
+def _succeeded(job: Job) -> Job:
+    if job.status is not JobStatus.SUCCEEDED:
+        raise ApiError(
+            409,
+            "conflict",
+            f"job is {job.status.value}; its stems can be downloaded once it has succeeded",
+        )
+    return job
+
+
+def _base_name(job: Job) -> str:
+    name = job.input_name or f"stemify-{job.id[:8]}"
+    stem, dot, _ = name.rpartition(".")
+    return stem if dot and stem else name
+
+
+def _attachment(file_name: str) -> str:
+    """Content-Disposition with an ASCII ``filename`` and, for other names, RFC 5987's
+    ``filename*`` in UTF-8."""
+    ascii_name = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in file_name)
+    header = f'attachment; filename="{ascii_name}"'
+    if ascii_name != file_name:
+        header += f"; filename*=UTF-8''{quote(file_name, safe='')}"
+    return header
+
+
+def _extension(key: str, job: Job) -> str:
+    last = key.rsplit("/", 1)[-1]
+    return last.rsplit(".", 1)[-1].lower() if "." in last else job.spec.output_format
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``[start, end)`` of a single ``Range: bytes=`` request; None to send the whole file
+    (no header, several ranges or a malformed one, which HTTP lets a server ignore)."""
+    match = _RANGE.fullmatch(header.strip()) if header else None
+    if match is None or match.group(1) == match.group(2) == "":
+        return None
+    first, last = match.groups()
+    unsatisfiable = ApiError(
+        416,
+        "range_not_satisfiable",
+        f"the range {header} is outside the file ({size} bytes)",
+        {"Content-Range": f"bytes */{size}"},
+    )
+    if not first:
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise unsatisfiable
+        return max(size - suffix, 0), size
+    start = int(first)
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        raise unsatisfiable
+    return start, min(int(last) + 1, size) if last else size
+
+
+@router.get(
+    "/jobs/{job_id}/stems/{stem}",
+    summary="Download one stem (supports Range)",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"audio/wav": {}, "audio/flac": {}, "audio/mpeg": {}}}},
+)
+async def download_stem(
+    job_id: str, stem: str, request: Request, services: ServicesDep, caller: CallerDep
+) -> StreamingResponse:
+    job = _succeeded(await visible_job(services, caller, job_id))
+    found = job.stems.get(stem)
+    if found is None:
+        names = ", ".join(job.stems) or "none"
+        raise ApiError(404, "not_found", f"job {job_id} has no stem {stem!r} (it has {names})")
+    size: int = await in_thread(services.storage.size, found.key)
+    extension = _extension(found.key, job)
+    headers = {
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": _attachment(f"{_base_name(job)}-{stem}.{extension}"),
+    }
+    span = byte_range(request.headers.get("range"), size)
+    start, end = span if span is not None else (0, size)
+    if span is not None:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    headers["Content-Length"] = str(end - start)
+    chunks = await in_thread(services.storage.read_range, found.key, start, end, _CHUNK)
+    return StreamingResponse(
+        chunks,
+        status_code=206 if span is not None else 200,
+        headers=headers,
+        media_type=_MEDIA_TYPES.get(extension, "application/octet-stream"),
+    )
+
+
+class _Chunks:
+    """A write-only file for zipfile that hands out what was written since the last take."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self._parts.append(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def take(self) -> bytes:
+        data = b"".join(self._parts)
+        self._parts.clear()
+        return data
+
+
+def _zip_time(moment: datetime) -> tuple[int, int, int, int, int, int]:
+    return (moment.year, moment.month, moment.day, moment.hour, moment.minute, moment.second)
+
+
+def _zip_stream(
+    storage: Storage, entries: list[tuple[str, str, int]], stamp: datetime
+) -> Iterator[bytes]:
+    """A stored (uncompressed) zip of ``(name, key, size)`` entries, produced as it is read:
+    never whole in memory or on disk. The output is not seekable, so every entry ends with a
+    data descriptor; known sizes let zipfile pick zip64 for entries over 2 GiB."""
+    out = _Chunks()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, key, size in entries:
+            info = zipfile.ZipInfo(name, date_time=_zip_time(stamp))
+            info.compress_type = zipfile.ZIP_STORED
+            info.file_size = size
+            info.external_attr = 0o644 << 16
+            with archive.open(info, "w") as entry:
+                for chunk in storage.read_range(key, 0, None, _CHUNK):
+                    entry.write(chunk)
+                    yield out.take()
+            yield out.take()
+    yield out.take()
+
+
+@router.get(
+    "/jobs/{job_id}/stems.zip",
+    summary="Download every stem as one zip",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/zip": {}}}},
+)
+async def download_zip(job_id: str, services: ServicesDep, caller: CallerDep) -> StreamingResponse:
+    job = _succeeded(await visible_job(services, caller, job_id))
+    entries = []
+    for stem in job.stems.values():
+        size: int = await in_thread(services.storage.size, stem.key)  # missing → 404 now
+        entries.append((f"{stem.name}.{_extension(stem.key, job)}", stem.key, size))
+    stamp = job.finished_at or job.created_at
+    return StreamingResponse(
+        (chunk for chunk in _zip_stream(services.storage, entries, stamp) if chunk),
+        media_type="application/zip",
+        headers={"Content-Disposition": _attachment(f"{_base_name(job)}-stems.zip")},
+    )
