@@ -223,3 +223,24 @@ def test_evaluate_table_and_json(model_dir: Path, make_audio: MakeAudio, tmp_pat
 def test_help_and_version() -> None:
     assert "separate" in run("--help").stdout
     assert run("--version").stdout.startswith("stemify, version")
+
+
+def test_config_show_masks_secrets(tmp_path: Path) -> None:
+    env_url = "postgresql+psycopg://stemify:hunter2@db.internal/stemify"
+    done = subprocess.run(
+        [STEMIFY, "config", "show"],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "STEMIFY_DATABASE_URL": env_url,
+            "STEMIFY_REDIS_URL": "redis://:sesame@cache:6379/0",
+            "STEMIFY_SECRET_KEY": "topsecret",
+            "STEMIFY_MAX_UPLOAD_MB": "42",
+        },
+    )
+    assert done.returncode == 0, done.stderr
+    assert "STEMIFY_MAX_UPLOAD_MB=42" in done.stdout
+    assert "STEMIFY_DATABASE_URL=**********" in done.stdout
+    for secret in ("hunter2", "sesame", "topsecret"):
+        assert secret not in done.stdout

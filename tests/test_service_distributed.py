@@ -3,6 +3,7 @@ PostgreSQL. Workers are killed and Redis is flushed for real."""
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -145,3 +146,21 @@ def test_redis_flushed_while_jobs_wait(
             assert "reconciler re-enqueued" in cluster.logs()
         finally:
             cluster.stop()
+
+
+def test_events_cross_processes(cluster: Cluster, make_audio: MakeAudio) -> None:
+    """Progress published by a worker process reaches an SSE client of the API process."""
+    cluster.serve()
+    cluster.start("worker", name="worker")
+    api = client(cluster.base)
+    job = submit(api, make_audio("song.wav", seconds=8.0), shifts="2")
+    events = []
+    with api.stream("GET", f"/jobs/{job['id']}/events", timeout=120) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line.removeprefix("data: ")))
+    stages = [e["stage"] for e in events if e["status"] == "running"]
+    assert "separating" in stages, events
+    progress = [e["progress"] for e in events if e["status"] == "running"]
+    assert progress == sorted(progress)
+    assert events[-1]["status"] == "succeeded"

@@ -221,3 +221,53 @@ def test_keys_isolate_callers(model_dir: Path, tmp_path: Path, make_audio: MakeA
         assert key_a not in listed and key_a[:10] in listed  # never the whole key
     finally:
         cluster.stop()
+
+
+def test_operator_commands_and_job_timeout(
+    model_dir: Path, tmp_path: Path, make_audio: MakeAudio
+) -> None:
+    cluster = Cluster(
+        tmp_path,
+        {
+            "STEMIFY_DATA_DIR": str(tmp_path / "data"),
+            "STEMIFY_MODEL_DIR": str(model_dir),
+            "STEMIFY_DEFAULT_MODEL": "tiny",
+            "STEMIFY_ALLOW_LOOPBACK_URLS": "1",
+            "STEMIFY_JOB_TIMEOUT_S": "2",
+            "STEMIFY_HEARTBEAT_INTERVAL_S": "0.5",
+            "STEMIFY_RECONCILE_INTERVAL_S": "0.5",
+            "STEMIFY_REQUEUE_AFTER_S": "0.5",
+            "STEMIFY_DOWNLOAD_RETRIES": "0",
+        },
+    )
+    try:
+        serve = cluster.serve()
+        assert "authentication is OFF" in serve.output()
+        api = client(cluster.base)
+        slow = submit(api, make_audio("long.wav", seconds=60.0), shifts="8")
+        timed_out = wait_for(api, slow["id"], timeout=60)
+        assert timed_out["status"] == "failed"
+        assert timed_out["error"] == {
+            "code": "timeout",
+            "message": "the job took longer than the 0:02 limit",
+        }
+
+        gone = api.post("/jobs", data={"url": "http://127.0.0.1:9/missing.mp3"})
+        failed = wait_for(api, gone.json()["id"])
+        assert failed["status"] == "failed" and failed["error"]["code"] == "download_failed"
+
+        listed = cluster.cli("jobs", "list", "--status", "failed")
+        assert listed.returncode == 0, listed.stderr
+        assert failed["id"] in listed.stdout and slow["id"] in listed.stdout
+        retried = cluster.cli("jobs", "retry", failed["id"])
+        assert "retried 1 job(s)" in retried.stdout, retried.stderr
+        # The CLI's message cannot reach the server's in-process queue: the reconciler does.
+        again = wait_for(
+            api, failed["id"], lambda j: j["attempts"] == 2 and j["status"] == "failed"
+        )
+        assert again["error"]["code"] == "download_failed"
+        cleaned = cluster.cli("jobs", "cleanup", "--failed")
+        assert "deleted 2 failed or canceled job(s)" in cleaned.stdout, cleaned.stderr
+        assert api.get(f"/jobs/{failed['id']}").status_code == 404
+    finally:
+        cluster.stop()
