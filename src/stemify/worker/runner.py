@@ -17,6 +17,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from stemify.audio import probe
 from stemify.engine import CancelToken, Progress, separate_file
 from stemify.errors import CancelledError, StemifyError
@@ -131,10 +133,15 @@ class JobRunner:
         started = time.monotonic()
         shutdown_seen: float | None = None
         while not done.wait(settings.heartbeat_interval_s):
-            if not store.heartbeat(job.id, self.worker_id, now_utc()):
-                watch.stop("canceled" if store.cancel_requested(job.id) else "lost")
-            elif store.cancel_requested(job.id):
-                watch.stop("canceled")
+            try:
+                if not store.heartbeat(job.id, self.worker_id, now_utc()):
+                    watch.stop("canceled" if store.cancel_requested(job.id) else "lost")
+                elif store.cancel_requested(job.id):
+                    watch.stop("canceled")
+            except SQLAlchemyError:
+                # The store is briefly unreachable: keep working; if it stays away, the job is
+                # re-run elsewhere and this worker's result is refused as no longer its own.
+                log.warning("job %s: heartbeat failed", job.id, exc_info=True)
             if time.monotonic() - started > settings.job_timeout_s:
                 watch.stop("timeout")
             if self.shutdown.is_set():
@@ -249,9 +256,12 @@ class _Reporter:
             return
         self._stage, self._last = stage, now
         percent = min(progress.fraction * 98.0, 98.0)  # the rest is storing
-        self._services.store.set_progress(
-            self._job.id, self._worker_id, stage, percent, progress.eta_s
-        )
+        try:
+            self._services.store.set_progress(
+                self._job.id, self._worker_id, stage, percent, progress.eta_s
+            )
+        except SQLAlchemyError:  # progress is best effort; the result is what must not be lost
+            log.warning("job %s: progress update failed", self._job.id, exc_info=True)
         self._services.events.publish(
             self._job.id,
             {"id": self._job.id, "status": "running", "stage": stage.value, "progress": percent},
