@@ -99,7 +99,8 @@ class LoudnessMeter:
             filtered, self._states[i] = scipy.signal.lfilter(
                 b, a, filtered, axis=-1, zi=self._states[i]
             )
-        energy = self._weights @ np.square(filtered)
+        # einsum, not @: a BLAS call here would wake OpenBLAS threads that steal torch's cores.
+        energy = np.einsum("c,cn->n", self._weights, np.square(filtered))
 
         start = self._position
         end = start + n
