@@ -314,3 +314,16 @@ def test_storage_from_url(tmp_path: Path) -> None:
 def test_storage_from_url_rejects(url: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         storage_from_url(url)
+
+
+def test_copy_shares_bytes_and_survives_the_source(store: LocalStorage) -> None:
+    with store.writer("jobs/a/stems/vocals.wav") as out:
+        out.write(b"stem bytes")
+    assert store.copy("jobs/a/stems/vocals.wav", "jobs/b/stems/vocals.wav") == 10
+    assert store.delete_prefix("jobs/a") == 1
+    with store.open("jobs/b/stems/vocals.wav") as reader:
+        assert reader.read() == b"stem bytes"
+    assert temp_files(store) == []
+    with pytest.raises(NotFoundError):
+        store.copy("jobs/a/stems/vocals.wav", "jobs/c/stems/vocals.wav")
+    assert not store.exists("jobs/c/stems/vocals.wav")

@@ -7,7 +7,6 @@ import functools
 import logging
 import os
 import secrets
-import tempfile
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,7 +22,7 @@ from stemify.jobs.store import JobStore, now_utc
 from stemify.jobs.webhooks import deliver
 from stemify.models import ModelCache, load_model
 from stemify.settings import Settings
-from stemify.storage import Storage, local_file, storage_from_url
+from stemify.storage import Storage, storage_from_url
 from stemify.worker.queue import JobQueue, LocalQueue, RedisQueue, make_broker
 
 log = logging.getLogger(__name__)
@@ -113,10 +112,6 @@ def submit_job(services: Services, job: Job) -> Job:
     return stored
 
 
-def _copy(storage: Storage, source: str, target: str, scratch: Path) -> int:
-    return storage.put_file(target, local_file(storage, source, scratch))
-
-
 def complete_from_cache(services: Services, job: Job) -> bool:
     """Finish ``job`` with a copy of the stems of an earlier identical job, if one exists."""
     if job.input_sha256 is None:
@@ -127,11 +122,9 @@ def complete_from_cache(services: Services, job: Job) -> bool:
         return False
     stems: dict[str, StemFile] = {}
     try:
-        with tempfile.TemporaryDirectory(prefix="stemify-copy-") as scratch:
-            for name, stem in source.stems.items():
-                key = f"jobs/{job.id}/stems/{Path(stem.key).name}"
-                size = _copy(services.storage, stem.key, key, Path(scratch))
-                stems[name] = StemFile(name, key, size)
+        for name, stem in source.stems.items():
+            key = f"jobs/{job.id}/stems/{Path(stem.key).name}"
+            stems[name] = StemFile(name, key, services.storage.copy(stem.key, key))
     except StemifyError:
         # The earlier job expired under us: separate for real.
         services.storage.delete_prefix(f"jobs/{job.id}/stems/")

@@ -16,6 +16,11 @@ class Storage(Protocol):
         returns its size in bytes."""
         ...
 
+    def copy(self, source: str, target: str) -> int:
+        """Copy the object ``source`` to ``target`` (objects never change once written, so a
+        backend may share the bytes); returns the size."""
+        ...
+
     def writer(self, key: str) -> AbstractContextManager[BinaryIO]:
         """A stream to write ``key``; the object becomes visible only if the ``with`` block
         exits without an exception, and nothing is left behind otherwise."""
