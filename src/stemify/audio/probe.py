@@ -41,8 +41,11 @@ def ffmpeg_error_line(stderr: str, path: Path | None = None) -> str:
     and the file's bare name instead of its full path."""
     for raw in stderr.splitlines():
         line = _COMPONENT_PREFIX.sub("", raw).strip()
+        if line and path is not None:
+            # Callers name the file themselves: "could not decode x.wav: <this line>".
+            return line.removeprefix(f"{path}: ").replace(str(path), path.name)
         if line:
-            return line.replace(str(path), path.name) if path is not None else line
+            return line
     return ""
 
 

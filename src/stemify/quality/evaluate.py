@@ -22,7 +22,6 @@ there). This is an offline tool, not the streaming path.
 from __future__ import annotations
 
 import math
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from stemify.errors import InvalidAudioError, InvalidOptionError, ToolMissingError
+from stemify.audio import decode_blocks
+from stemify.errors import InvalidOptionError
 
 SAMPLERATE = 44100
 CHANNELS = 2
@@ -139,24 +139,9 @@ def _audio_files(directory: Path, role: str) -> dict[str, Path]:
 
 
 def _decode(path: Path) -> npt.NDArray[np.float32]:
-    """Decode a whole file to float32 ``(2, n)`` at 44.1 kHz."""
-    # TODO(lead): use stemify.audio.decode_blocks
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path)]
-    cmd += ["-f", "f32le", "-ac", str(CHANNELS), "-ar", str(SAMPLERATE), "pipe:1"]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, check=False)
-    except FileNotFoundError as exc:
-        raise ToolMissingError("ffmpeg not found: install ffmpeg to evaluate stems") from exc
-    if proc.returncode != 0:
-        detail = proc.stderr.decode(errors="replace").strip().splitlines()
-        reason = detail[-1] if detail else f"ffmpeg exited with code {proc.returncode}"
-        raise InvalidAudioError(f"cannot decode {path}: {reason}")
-    frame_bytes = 4 * CHANNELS
-    usable = len(proc.stdout) - len(proc.stdout) % frame_bytes
-    if usable == 0:
-        raise InvalidAudioError(f"cannot decode {path}: no audio in the file")
-    samples = np.frombuffer(proc.stdout[:usable], dtype="<f4").astype(np.float32)
-    return np.ascontiguousarray(samples.reshape(-1, CHANNELS).T)
+    """Decode a whole file to float32 ``(2, n)`` at 44.1 kHz (evaluation scores whole tracks)."""
+    blocks = list(decode_blocks(path, samplerate=SAMPLERATE, channels=CHANNELS))
+    return np.concatenate(blocks, axis=1)
 
 
 def _score(
