@@ -244,3 +244,28 @@ def test_config_show_masks_secrets(tmp_path: Path) -> None:
     assert "STEMIFY_DATABASE_URL=**********" in done.stdout
     for secret in ("hunter2", "sesame", "topsecret"):
         assert secret not in done.stdout
+
+
+@pytest.mark.parametrize("command", [["worker"], ["serve", "--port", "1"]])
+def test_passwordless_remote_redis_is_refused(tmp_path: Path, command: list[str]) -> None:
+    # 192.0.2.0/24 is reserved for documentation: nothing is contacted, the check comes first.
+    env = {**os.environ, "STEMIFY_DATA_DIR": str(tmp_path), "STEMIFY_SECRET_KEY": "k"}
+    env["STEMIFY_REDIS_URL"] = "redis://192.0.2.7:6379/0"
+    done = subprocess.run([STEMIFY, *command], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 1
+    assert "without a password" in done.stderr and "STEMIFY_ALLOW_INSECURE_REDIS=1" in done.stderr
+    assert not (tmp_path / "stemify.db").exists(), "nothing may start before the check"
+
+
+def test_redis_url_check() -> None:
+    from stemify.services import ConfigurationError, check_redis_url
+
+    check_redis_url("redis://127.0.0.1:6379/0", allow_insecure=False)
+    check_redis_url("redis://localhost:6379", allow_insecure=False)
+    check_redis_url("redis://[::1]:6379", allow_insecure=False)
+    check_redis_url("redis://:secret@10.1.2.3:6379", allow_insecure=False)
+    check_redis_url("rediss://user:secret@cache.internal:6380", allow_insecure=False)
+    check_redis_url("redis://10.1.2.3:6379", allow_insecure=True)
+    for url in ("redis://10.1.2.3:6379", "rediss://cache.internal", "redis://user@host:1"):
+        with pytest.raises(ConfigurationError, match="without a password"):
+            check_redis_url(url, allow_insecure=False)

@@ -4,6 +4,7 @@ process, and the few operations that API, workers and the command line share."""
 from __future__ import annotations
 
 import functools
+import ipaddress
 import logging
 import os
 import secrets
@@ -11,6 +12,7 @@ import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import redis
 
@@ -47,7 +49,30 @@ class Services:
         self.store.close()
 
 
+def check_redis_url(url: str, *, allow_insecure: bool) -> None:
+    """Refuse a Redis without a password on another machine: anyone on that network could
+    read every job and inject work. Loopback, or a deliberate opt-out, is allowed."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.scheme == "unix" or parts.password or allow_insecure:
+        return
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigurationError(
+            f"STEMIFY_REDIS_URL points at {host or 'an unnamed host'} without a password: "
+            "use redis://:PASSWORD@host (or rediss:// for TLS), or set "
+            "STEMIFY_ALLOW_INSECURE_REDIS=1 if the network is trusted"
+        )
+
+
 def build_services(settings: Settings) -> Services:
+    if settings.redis_url is not None:
+        check_redis_url(
+            settings.redis_url.get_secret_value(), allow_insecure=settings.allow_insecure_redis
+        )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = JobStore.from_url(settings.database)
     store.migrate()

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None  # unset: embedded mode (no queue server)
     storage_url: str | None = None  # default: data_dir/storage
     redis_prefix: str = "stemify"
+    # A passwordless Redis on another machine is refused unless this says the network is trusted.
+    allow_insecure_redis: bool = False
 
     # ---- service: limits and behaviour
     auth: Literal["required", "off"] | None = None  # None: off only for `serve` on loopback
