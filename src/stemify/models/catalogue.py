@@ -276,8 +276,18 @@ def _bag_files(model_dir: Path, name: str) -> list[Path] | None:
 def checkpoint_sources(path: Path) -> tuple[str, ...]:
     """The sources a demucs checkpoint was built with, read without loading its weights.
 
-    mmap leaves the tensors on disk, so this costs the pickle only, not the 80 MB of weights.
+    mmap leaves the tensors on disk, so this costs the pickle only, not the 80 MB of weights;
+    the answer is remembered per file version, since every job submission lists the models.
     The pickle is trusted in the same way loading the model trusts it."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return ()
+    return _checkpoint_sources(path, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _checkpoint_sources(path: Path, _mtime_ns: int, _size: int) -> tuple[str, ...]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
