@@ -16,10 +16,18 @@ $(STAMP): requirements.lock pyproject.toml
 	@$(PY) -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else 'wrong torch ' + v)"
 	touch $(STAMP)
 
+# ffmpeg decodes audio; chromium runs the web page tests; prometheus provides promtool for the
+# alert rule tests.
+SYSTEM_TOOLS := ffmpeg:ffmpeg ffprobe:ffmpeg chromium:chromium promtool:prometheus
+
 system-deps:
-	@command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null || { \
-		echo "installing ffmpeg (apt-get)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null; }
+	@missing=$$(for pair in $(SYSTEM_TOOLS); do \
+		command -v $${pair%%:*} >/dev/null || echo $${pair#*:}; done | sort -u | tr '\n' ' '); \
+	if [ -n "$$missing" ]; then \
+		echo "installing $$missing(apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 
 setup: system-deps $(STAMP)
 
