@@ -9,6 +9,7 @@ from stemify import __version__
 from stemify.api import routes_downloads, routes_jobs, routes_system
 from stemify.api.errors import install_error_handlers
 from stemify.services import Services
+from stemify.web import mount_web
 
 API_PREFIX = "/api/v1"
 # Threads that may sit waiting for job events at once (one per open SSE stream), apart from
@@ -41,4 +42,5 @@ def create_app(services: Services, *, auth_required: bool) -> FastAPI:
     app.include_router(routes_jobs.router, prefix=API_PREFIX)
     app.include_router(routes_downloads.router, prefix=API_PREFIX)
     app.include_router(routes_system.router, prefix=API_PREFIX)
+    mount_web(app)  # the page at /
     return app
