@@ -680,7 +680,7 @@ def test_events_of_a_finished_job_end_at_once(api: Api, make_audio: MakeAudio) -
     with api.client.stream("GET", f"/jobs/{job.id}/events") as response:
         events = list(read_events(response))
     assert [(kind, body["status"]) for kind, body in events] == [("job", "succeeded")]
-    assert events[0][1]["stems"][0]["url"] == f"/api/v1/jobs/{job.id}/stems/vocals"
+    assert events[0][1]["stems"][0]["url"].startswith(f"/api/v1/jobs/{job.id}/stems/vocals?")
 
 
 def test_cancel(api: Api, make_audio: MakeAudio) -> None:

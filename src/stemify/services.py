@@ -20,6 +20,7 @@ from stemify.errors import StemifyError
 from stemify.jobs.events import EventBus, LocalEventBus, RedisEventBus
 from stemify.jobs.model import Job, JobStatus, StemFile
 from stemify.jobs.render import job_to_dict
+from stemify.jobs.signing import LinkSigner
 from stemify.jobs.store import JobStore, now_utc
 from stemify.jobs.webhooks import deliver
 from stemify.models import ModelCache, load_model
@@ -178,7 +179,9 @@ def send_webhook(services: Services, job: Job, *, background: bool = False) -> N
     if job.webhook_url is None or job.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         return
     base = (services.settings.public_url or "").rstrip("/") + "/api/v1"
-    payload = job_to_dict(job, base_url=base)
+    # Signed links: the receiver downloads the stems without an API key.
+    links = LinkSigner(services.secret, services.settings.signed_url_ttl_s)
+    payload = job_to_dict(job, base_url=base, links=links)
     url = job.webhook_url
 
     def send() -> None:

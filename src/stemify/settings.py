@@ -62,7 +62,23 @@ class Settings(BaseSettings):
     # Tests serve links from 127.0.0.1; never enable this in production.
     allow_loopback_urls: bool = False
 
-    @field_validator("preload_models", mode="before")
+    # ---- abuse limits, signed links and the HTTP edge (H2; see docs/security.md)
+    # Per API key; a key's own value (`stemify keys create/update`) wins. 0 turns a limit off.
+    rate_submit_per_minute: int = 30
+    rate_read_per_minute: int = 600
+    max_running_jobs: int = 10
+    daily_audio_minutes: float = 1440.0
+    # With auth off, limit each client address too (off: auth-off is one local user).
+    limit_anonymous: bool = False
+    # Lifetime of signed stem and zip links (never beyond the job's own expiry).
+    signed_url_ttl_s: float = 6 * 3600.0
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Addresses of reverse proxies whose X-Forwarded-For/-Proto are believed ("*": any).
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_body_kb: int = 64  # every route but job submission, which has max_upload_mb
+    hsts_max_age_s: int = 63072000
+
+    @field_validator("preload_models", "cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):

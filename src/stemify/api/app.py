@@ -6,8 +6,10 @@ import anyio
 from fastapi import FastAPI
 
 from stemify import __version__
-from stemify.api import routes_downloads, routes_jobs, routes_system
+from stemify.api import routes_downloads, routes_jobs, routes_system, routes_usage
+from stemify.api.edge import EdgeApp, install_edge
 from stemify.api.errors import install_error_handlers
+from stemify.api.rate_limits import RateLimiter
 from stemify.services import Services
 from stemify.web import mount_web
 
@@ -18,7 +20,8 @@ EVENT_WAITERS = 256
 
 
 def create_app(services: Services, *, auth_required: bool) -> FastAPI:
-    app = FastAPI(
+    app = EdgeApp(
+        services.settings,
         title="stemify",
         version=__version__,
         description=(
@@ -38,9 +41,13 @@ def create_app(services: Services, *, auth_required: bool) -> FastAPI:
     app.state.services = services
     app.state.auth_required = auth_required
     app.state.event_waiters = anyio.CapacityLimiter(EVENT_WAITERS)
+    app.state.rate_limiter = RateLimiter.from_settings(services.settings)
     install_error_handlers(app)
     app.include_router(routes_jobs.router, prefix=API_PREFIX)
     app.include_router(routes_downloads.router, prefix=API_PREFIX)
     app.include_router(routes_system.router, prefix=API_PREFIX)
+    app.include_router(routes_usage.router, prefix=API_PREFIX)
     mount_web(app)  # the page at /
+    # Security headers, trusted proxies, CORS and body limits (submissions have their own).
+    install_edge(app, services.settings, uploads=[f"{API_PREFIX}/jobs", f"{API_PREFIX}/stemify"])
     return app

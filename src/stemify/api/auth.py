@@ -1,5 +1,5 @@
-"""Request dependencies: the shared :class:`Services`, the calling API key, and the jobs that
-caller may see."""
+"""Request dependencies: the shared :class:`Services`, the calling API key with its limits,
+and the jobs that caller may see."""
 
 from __future__ import annotations
 
@@ -11,7 +11,11 @@ from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from stemify.api.errors import ApiError
+from stemify.api.quotas import READ, SUBMIT, Limits, check_rate
+from stemify.api.rate_limits import RateLimiter
+from stemify.api.threads import in_thread
 from stemify.jobs.model import Job
+from stemify.jobs.signing import LinkSigner
 from stemify.jobs.store import hash_key
 from stemify.services import Services
 
@@ -28,24 +32,40 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
+def link_signer(services: Services) -> LinkSigner:
+    return LinkSigner(services.secret, services.settings.signed_url_ttl_s)
+
+
 @dataclass(frozen=True)
 class Caller:
     key_id: str | None  # None when authentication is off
     admin: bool
+    # Who rate limits count against ("key:<id>" or "addr:<ip>"); None: not limited.
+    identity: str | None = None
+    limits: Limits | None = None
 
     def can_see(self, job: Job) -> bool:
         return self.admin or job.owner == self.key_id
 
 
-async def get_caller(
-    request: Request,
-    services: ServicesDep,
+def credentials(
     api_key: Annotated[str | None, Depends(_api_key_header)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Caller:
+) -> str | None:
+    return api_key or (bearer.credentials if bearer is not None else None)
+
+
+CredentialsDep = Annotated[str | None, Depends(credentials)]
+
+
+async def authenticate(request: Request, services: Services, secret: str | None) -> Caller:
+    settings = services.settings
     if not request.app.state.auth_required:
-        return Caller(None, admin=True)  # one local user sees everything
-    secret = api_key or (bearer.credentials if bearer is not None else None)
+        # One local user sees everything; limited per address only when asked to.
+        if not settings.limit_anonymous:
+            return Caller(None, admin=True)
+        address = request.client.host if request.client else "unknown"
+        return Caller(None, admin=True, identity=f"addr:{address}", limits=Limits.of(settings))
     if not secret:
         raise ApiError(
             401,
@@ -56,10 +76,35 @@ async def get_caller(
     key = await anyio.to_thread.run_sync(services.store.key_by_hash, hash_key(secret))
     if key is None:
         raise ApiError(401, "unauthorized", "invalid API key", _CHALLENGE)
-    return Caller(key.id, admin=key.admin)
+    return Caller(key.id, key.admin, f"key:{key.id}", Limits.of(settings, key.limits))
+
+
+async def limit_rate(request: Request, caller: Caller, bucket: str) -> None:
+    if caller.identity is None or caller.limits is None:
+        return
+    per_minute = (
+        caller.limits.submit_per_minute if bucket == SUBMIT else caller.limits.reads_per_minute
+    )
+    limiter: RateLimiter = request.app.state.rate_limiter
+    await in_thread(check_rate, limiter, bucket, caller.identity, per_minute)
+
+
+async def get_caller(request: Request, services: ServicesDep, secret: CredentialsDep) -> Caller:
+    """The caller of any route but submission; counts against the read rate."""
+    caller = await authenticate(request, services, secret)
+    await limit_rate(request, caller, READ)
+    return caller
+
+
+async def get_submitter(request: Request, services: ServicesDep, secret: CredentialsDep) -> Caller:
+    """The caller of a job submission; counts against the submission rate."""
+    caller = await authenticate(request, services, secret)
+    await limit_rate(request, caller, SUBMIT)
+    return caller
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
+SubmitterDep = Annotated[Caller, Depends(get_submitter)]
 
 
 async def visible_job(services: Services, caller: Caller, job_id: str) -> Job:

@@ -6,18 +6,66 @@ import re
 import zipfile
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from stemify.api.auth import CallerDep, ServicesDep, visible_job
+from stemify.api.auth import (
+    CredentialsDep,
+    ServicesDep,
+    authenticate,
+    limit_rate,
+    link_signer,
+    visible_job,
+)
 from stemify.api.errors import ApiError
+from stemify.api.quotas import READ
 from stemify.api.threads import in_thread
 from stemify.jobs.model import Job, JobStatus
+from stemify.jobs.signing import target_of
+from stemify.jobs.store import now_utc
+from stemify.services import Services
 from stemify.storage import Storage
 
 router = APIRouter(tags=["downloads"])
+
+# ---- access: a signed link, or an API key as for every other route ----------------------------
+
+ExpiresQuery = Annotated[
+    int | None, Query(description="Signed link: expiry (Unix seconds), as given in the job")
+]
+SigQuery = Annotated[str | None, Query(description="Signed link: signature, as given in the job")]
+_SIGNED_DOC = (
+    "Works without an API key through the signed, expiring `url` / `zip_url` of the job; "
+    "a tampered or expired link is refused with 403."
+)
+
+
+async def _downloadable(
+    request: Request,
+    services: Services,
+    secret: str | None,
+    job_id: str,
+    stem: str | None,
+    expires: int | None,
+    sig: str | None,
+) -> Job:
+    if expires is None and sig is None:
+        caller = await authenticate(request, services, secret)
+        await limit_rate(request, caller, READ)
+        return await visible_job(services, caller, job_id)
+    if expires is None or sig is None:
+        raise ApiError(403, "forbidden", "a signed link needs both `expires` and `sig`")
+    refusal = link_signer(services).verify(job_id, target_of(stem), expires, sig, now_utc())
+    if refusal:
+        raise ApiError(403, "forbidden", refusal)
+    job: Job | None = await in_thread(services.store.get, job_id)
+    if job is None:
+        raise ApiError(404, "not_found", f"job {job_id} not found")
+    return job
+
 
 # ---- downloading -------------------------------------------------------------------------------
 
@@ -86,13 +134,20 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
 @router.get(
     "/jobs/{job_id}/stems/{stem}",
     summary="Download one stem (supports Range)",
+    description=_SIGNED_DOC,
     response_class=StreamingResponse,
     responses={200: {"content": {"audio/wav": {}, "audio/flac": {}, "audio/mpeg": {}}}},
 )
 async def download_stem(
-    job_id: str, stem: str, request: Request, services: ServicesDep, caller: CallerDep
+    job_id: str,
+    stem: str,
+    request: Request,
+    services: ServicesDep,
+    secret: CredentialsDep,
+    expires: ExpiresQuery = None,
+    sig: SigQuery = None,
 ) -> StreamingResponse:
-    job = _succeeded(await visible_job(services, caller, job_id))
+    job = _succeeded(await _downloadable(request, services, secret, job_id, stem, expires, sig))
     found = job.stems.get(stem)
     if found is None:
         names = ", ".join(job.stems) or "none"
@@ -167,11 +222,19 @@ def _zip_stream(
 @router.get(
     "/jobs/{job_id}/stems.zip",
     summary="Download every stem as one zip",
+    description=_SIGNED_DOC,
     response_class=StreamingResponse,
     responses={200: {"content": {"application/zip": {}}}},
 )
-async def download_zip(job_id: str, services: ServicesDep, caller: CallerDep) -> StreamingResponse:
-    job = _succeeded(await visible_job(services, caller, job_id))
+async def download_zip(
+    job_id: str,
+    request: Request,
+    services: ServicesDep,
+    secret: CredentialsDep,
+    expires: ExpiresQuery = None,
+    sig: SigQuery = None,
+) -> StreamingResponse:
+    job = _succeeded(await _downloadable(request, services, secret, job_id, None, expires, sig))
     entries = []
     for stem in job.stems.values():
         size: int = await in_thread(services.storage.size, stem.key)  # missing → 404 now

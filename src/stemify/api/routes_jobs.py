@@ -16,8 +16,9 @@ import anyio.to_thread
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from stemify.api.auth import CallerDep, ServicesDep, visible_job
+from stemify.api.auth import CallerDep, ServicesDep, SubmitterDep, link_signer, visible_job
 from stemify.api.errors import ApiError
+from stemify.api.quotas import check_audio, check_running
 from stemify.api.threads import in_thread
 from stemify.api.uploads import (
     FILE_FIELD,
@@ -81,8 +82,12 @@ _SUBMIT_DOC: dict[str, Any] = {
 }
 
 
-def _job_response(job: Job, status: int = 200) -> JSONResponse:
-    return JSONResponse(job_to_dict(job), status_code=status)
+def _job_dict(services: Services, job: Job) -> dict[str, Any]:
+    return job_to_dict(job, links=link_signer(services))  # signed stem and zip links
+
+
+def _job_response(services: Services, job: Job, status: int = 200) -> JSONResponse:
+    return JSONResponse(_job_dict(services, job), status_code=status)
 
 
 # ---- submitting --------------------------------------------------------------------------------
@@ -157,7 +162,7 @@ async def _discard(storage: Storage, job_id: str) -> None:
 async def submit(
     request: Request,
     services: ServicesDep,
-    caller: CallerDep,
+    caller: SubmitterDep,
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
     ] = None,
@@ -166,7 +171,10 @@ async def submit(
     if idempotency_key is not None:
         earlier = await in_thread(store.find_idempotent, caller.key_id, idempotency_key)
         if earlier is not None:  # answered without reading (or storing) the body again
-            return _job_response(earlier)
+            return _job_response(services, earlier)
+    if caller.limits is not None:  # refused before a byte of the upload is read
+        await in_thread(check_running, store, caller.key_id, caller.limits)
+        await in_thread(check_audio, store, caller.key_id, caller.limits, now_utc())
     job_id = uuid.uuid4().hex
 
     async def check_early(fields: dict[str, str]) -> None:
@@ -178,6 +186,10 @@ async def submit(
     )
     try:
         job = await _build_job(services, submission, job_id, caller.key_id, idempotency_key)
+        if caller.limits is not None and job.input_duration_s is not None:
+            await in_thread(
+                check_audio, store, caller.key_id, caller.limits, now_utc(), job.input_duration_s
+            )
         stored: Job = await in_thread(submit_job, services, job)
     except BaseException:
         if submission.upload is not None:
@@ -185,8 +197,8 @@ async def submit(
         raise
     if stored.id != job_id:  # the same key raced us: theirs is the job
         await _discard(services.storage, job_id)
-        return _job_response(stored)
-    return _job_response(stored, 202)
+        return _job_response(services, stored)
+    return _job_response(services, stored, 202)
 
 
 router.add_api_route("/jobs", submit, methods=["POST"], name="submit_job", **_SUBMIT_DOC)
@@ -217,12 +229,12 @@ async def list_jobs(
         )
     except ValueError:
         raise ApiError(400, "bad_request", "invalid cursor") from None
-    return {"jobs": [job_to_dict(job) for job in jobs], "next_cursor": next_cursor}
+    return {"jobs": [_job_dict(services, job) for job in jobs], "next_cursor": next_cursor}
 
 
 @router.get("/jobs/{job_id}", summary="Get a job")
 async def get_job(job_id: str, services: ServicesDep, caller: CallerDep) -> dict[str, Any]:
-    return job_to_dict(await visible_job(services, caller, job_id))
+    return _job_dict(services, await visible_job(services, caller, job_id))
 
 
 def _wait_for_event(subscription: Any, timeout: float) -> None:
@@ -235,8 +247,8 @@ def _wait_for_event(subscription: Any, timeout: float) -> None:
             return
 
 
-def _sse(job: Job) -> tuple[str, str]:
-    data = json.dumps(job_to_dict(job), separators=(",", ":"))
+def _sse(services: Services, job: Job) -> tuple[str, str]:
+    data = json.dumps(_job_dict(services, job), separators=(",", ":"))
     return data, f"event: job\ndata: {data}\n\n"
 
 
@@ -250,7 +262,7 @@ async def _event_stream(
         job: Job | None = await in_thread(services.store.get, job_id)
         last, sent_at = "", time.monotonic()
         while job is not None:
-            data, event = _sse(job)
+            data, event = _sse(services, job)
             if data != last:
                 last, sent_at = data, time.monotonic()
                 yield event
@@ -296,7 +308,7 @@ async def cancel_job(job_id: str, services: ServicesDep, caller: CallerDep) -> J
     if updated is None:
         raise ApiError(404, "not_found", f"job {job_id} not found")
     await in_thread(publish_job, services, updated)
-    return _job_response(updated, 202)
+    return _job_response(services, updated, 202)
 
 
 @router.delete("/jobs/{job_id}", status_code=204, summary="Delete a job and its files")

@@ -2,23 +2,39 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from stemify.jobs.model import Job
+from stemify.jobs.signing import LinkSigner, target_of
 
 
 def _time(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
-def job_to_dict(job: Job, base_url: str = "/api/v1") -> dict[str, Any]:
-    """``base_url`` prefixes download links (absolute in webhooks, relative in the API)."""
+def job_to_dict(
+    job: Job,
+    base_url: str = "/api/v1",
+    links: LinkSigner | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """``base_url`` prefixes download links (absolute in webhooks, relative in the API); with
+    ``links`` they are signed and expire, so they work without an API key."""
+
+    def link(path: str, target: str) -> str:
+        url = f"{base_url}/jobs/{job.id}/{path}"
+        if links is None:
+            return url
+        expires = links.expiry(now or datetime.now(UTC), job.expires_at)
+        return f"{url}?{links.query(job.id, target, expires)}"
+
     stems = [
         {
             "name": stem.name,
             "size": stem.size,
-            "url": f"{base_url}/jobs/{job.id}/stems/{stem.name}",
+            "url": link(f"stems/{quote(stem.name, safe='')}", target_of(stem.name)),
         }
         for stem in job.stems.values()
     ]
@@ -43,7 +59,7 @@ def job_to_dict(job: Job, base_url: str = "/api/v1") -> dict[str, Any]:
             "format": job.input_format,
         },
         "stems": stems,
-        "zip_url": f"{base_url}/jobs/{job.id}/stems.zip" if stems else None,
+        "zip_url": link("stems.zip", target_of(None)) if stems else None,
         "quality": job.quality,
         "stage_seconds": {k: round(v, 3) for k, v in job.stage_seconds.items()},
         "cache_hit": job.cache_hit,

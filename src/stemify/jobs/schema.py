@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Float,
     Index,
@@ -96,6 +97,22 @@ class ApiKeyRow(Base):
     admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Limits of this key; NULL means the settings' default (0 turns a limit off).
+    rate_per_minute: Mapped[int | None] = mapped_column(Integer)
+    read_rate_per_minute: Mapped[int | None] = mapped_column(Integer)
+    max_running: Mapped[int | None] = mapped_column(Integer)
+    daily_minutes: Mapped[float | None] = mapped_column(Float)
+
+
+class AudioUsageRow(Base):
+    """Seconds of audio accepted per owner and UTC day: a ledger, so deleting jobs does not
+    give their minutes back."""
+
+    __tablename__ = "audio_usage"
+
+    owner: Mapped[str] = mapped_column(String(32), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class WorkerRow(Base):

@@ -8,6 +8,7 @@ does not match the WHERE clause simply gets ``False``.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import fcntl
 import hashlib
 import os
@@ -15,7 +16,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,13 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from stemify.jobs.model import Job, JobSpec, JobStatus, Stage, StemFile
-from stemify.jobs.schema import ApiKeyRow, JobRow, WorkerRow
+from stemify.jobs.schema import ApiKeyRow, AudioUsageRow, JobRow, WorkerRow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -104,6 +107,16 @@ def _stems_json(stems: dict[str, StemFile]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class KeyLimits:
+    """A key's own limits; None: the settings' default."""
+
+    rate_per_minute: int | None = None
+    read_rate_per_minute: int | None = None
+    max_running: int | None = None
+    daily_minutes: float | None = None
+
+
+@dataclass(frozen=True)
 class ApiKey:
     id: str
     name: str
@@ -111,6 +124,7 @@ class ApiKey:
     admin: bool
     created_at: datetime
     revoked_at: datetime | None
+    limits: KeyLimits = KeyLimits()
 
 
 @dataclass(frozen=True)
@@ -235,6 +249,9 @@ class JobStore:
         try:
             with self._session() as session:
                 session.add(row)
+                session.flush()  # a replayed idempotency key fails here, before charging
+                if job.input_duration_s is not None:
+                    self._charge(session, job.owner, job.created_at.date(), job.input_duration_s)
         except IntegrityError:
             if job.idempotency_key is None:
                 raise
@@ -375,6 +392,18 @@ class JobStore:
         }
         if name is not None:
             values["input_name"] = name
+        with self._session() as session:
+            # A link job's audio counts towards its owner's daily minutes once its duration is
+            # known, exactly once (a retried job fetches again but is not charged again).
+            first = session.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.input_duration_s.is_(None))
+                .values(**values)
+                .returning(JobRow.owner)
+            ).first()
+            if first is not None:
+                self._charge(session, first[0], now_utc().date(), duration_s)
+                return True
         return self._update(JobRow.id == job_id, **values)
 
     def succeed(
@@ -551,6 +580,41 @@ class JobStore:
             oldest_queued_age_s=(now - oldest).total_seconds() if oldest else None,
         )
 
+    # ---- quotas ----------------------------------------------------------------------------
+
+    def active_count(self, owner: str | None) -> int:
+        """Jobs of ``owner`` queued or running: what the running-jobs limit counts."""
+        with self._session() as session:
+            return int(
+                session.scalar(
+                    select(func.count()).where(
+                        JobRow.owner == (owner or ""),
+                        JobRow.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
+                    )
+                )
+                or 0
+            )
+
+    def audio_seconds(self, owner: str | None, day: date) -> float:
+        """Seconds of audio accepted from ``owner`` on the UTC ``day``."""
+        with self._session() as session:
+            row = session.get(AudioUsageRow, (owner or "", day))
+            return row.seconds if row else 0.0
+
+    def charge_audio(self, owner: str | None, day: date, seconds: float) -> None:
+        with self._session() as session:
+            self._charge(session, owner, day, seconds)
+
+    def _charge(self, session: Session, owner: str | None, day: date, seconds: float) -> None:
+        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
+        statement = insert(AudioUsageRow).values(owner=owner or "", day=day, seconds=seconds)
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[AudioUsageRow.owner, AudioUsageRow.day],
+                set_={"seconds": AudioUsageRow.seconds + statement.excluded.seconds},
+            )
+        )
+
     # ---- workers ---------------------------------------------------------------------------
 
     def worker_seen(self, worker_id: str, now: datetime, running: int) -> None:
@@ -586,7 +650,14 @@ class JobStore:
     # ---- API keys ----------------------------------------------------------------------------
 
     def add_key(
-        self, key_id: str, name: str, key_hash: str, prefix: str, admin: bool, now: datetime
+        self,
+        key_id: str,
+        name: str,
+        key_hash: str,
+        prefix: str,
+        admin: bool,
+        now: datetime,
+        limits: KeyLimits | None = None,
     ) -> None:
         with self._session() as session:
             session.add(
@@ -597,8 +668,31 @@ class JobStore:
                     prefix=prefix,
                     admin=admin,
                     created_at=now,
+                    **dataclasses.asdict(limits or KeyLimits()),
                 )
             )
+
+    def update_key_limits(
+        self, key_id_or_prefix: str, changes: dict[str, int | float | None]
+    ) -> ApiKey | None:
+        """Set some of a key's limits (None: back to the default); the key, or None when no
+        active key matches."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(KeyLimits)}
+        if unknown:
+            raise ValueError(f"not key limits: {', '.join(sorted(unknown))}")
+        with self._session() as session:
+            row = session.scalars(
+                select(ApiKeyRow).where(
+                    or_(ApiKeyRow.id == key_id_or_prefix, ApiKeyRow.prefix == key_id_or_prefix),
+                    ApiKeyRow.revoked_at.is_(None),
+                )
+            ).first()
+            if row is None:
+                return None
+            for name, value in changes.items():
+                setattr(row, name, value)
+            session.flush()
+            return _to_key(row)
 
     def key_by_hash(self, key_hash: str) -> ApiKey | None:
         with self._session() as session:
@@ -630,7 +724,13 @@ class JobStore:
 
 
 def _to_key(row: ApiKeyRow) -> ApiKey:
-    return ApiKey(row.id, row.name, row.prefix, row.admin, row.created_at, row.revoked_at)
+    limits = KeyLimits(
+        rate_per_minute=row.rate_per_minute,
+        read_rate_per_minute=row.read_rate_per_minute,
+        max_running=row.max_running,
+        daily_minutes=row.daily_minutes,
+    )
+    return ApiKey(row.id, row.name, row.prefix, row.admin, row.created_at, row.revoked_at, limits)
 
 
 def stale_cutoff(now: datetime, timeout_s: float) -> datetime:

@@ -1,0 +1,51 @@
+"""The HTTP edge of the app: security headers, trusted proxies, CORS and body limits."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+from stemify.api.body_limit import BodyLimitMiddleware
+from stemify.api.security_headers import SecurityHeadersMiddleware
+from stemify.settings import Settings
+
+
+class EdgeApp(FastAPI):
+    """FastAPI with the security headers outside everything, the 500 handler included (that
+    one runs outside ordinary middleware), and forwarded headers believed only from trusted
+    proxies, before anything reads the client address or the scheme."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.edge_settings = settings
+
+    def build_middleware_stack(self) -> ASGIApp:
+        settings = self.edge_settings
+        stack: ASGIApp = SecurityHeadersMiddleware(
+            super().build_middleware_stack(),
+            docs_path=self.docs_url,
+            hsts_max_age_s=settings.hsts_max_age_s,
+        )
+        if settings.trusted_proxies:
+            # uvicorn types ASGI apps more narrowly than Starlette; both are plain ASGI.
+            proxied = ProxyHeadersMiddleware(cast(Any, stack), settings.trusted_proxies)
+            stack = cast(ASGIApp, proxied)
+        return stack
+
+
+def install_edge(app: FastAPI, settings: Settings, *, uploads: list[str]) -> None:
+    """``uploads``: paths whose POST bodies are capped by the upload limit instead."""
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_kb << 10, uploads=uploads)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["X-API-Key", "Authorization", "Idempotency-Key", "Content-Type"],
+            expose_headers=["Retry-After", "Content-Disposition", "Content-Range"],
+            max_age=600,
+        )
