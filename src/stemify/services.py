@@ -9,7 +9,7 @@ import logging
 import os
 import secrets
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,6 +24,7 @@ from stemify.jobs.signing import LinkSigner
 from stemify.jobs.store import JobStore, now_utc
 from stemify.jobs.webhooks import deliver
 from stemify.models import ModelCache, load_model
+from stemify.observability.metrics import Metrics
 from stemify.settings import Settings
 from stemify.storage import Storage, storage_from_url
 from stemify.worker.queue import JobQueue, LocalQueue, RedisQueue, make_broker
@@ -44,6 +45,7 @@ class Services:
     events: EventBus
     models: ModelCache
     secret: bytes  # signs webhooks
+    metrics: Metrics = field(default_factory=Metrics)
 
     def close(self) -> None:
         self.queue.close()
@@ -69,7 +71,7 @@ def check_redis_url(url: str, *, allow_insecure: bool) -> None:
         )
 
 
-def build_services(settings: Settings) -> Services:
+def build_services(settings: Settings, metrics: Metrics | None = None) -> Services:
     if settings.redis_url is not None:
         check_redis_url(
             settings.redis_url.get_secret_value(), allow_insecure=settings.allow_insecure_redis
@@ -85,9 +87,11 @@ def build_services(settings: Settings) -> Services:
         events = RedisEventBus(redis.Redis.from_url(url), prefix=settings.redis_prefix)
     else:
         queue, events = LocalQueue(), LocalEventBus()
+    metrics = metrics or Metrics()
     models = ModelCache(
         loader=functools.partial(load_model, model_dir=settings.model_dir),
         budget_bytes=settings.model_cache_mb << 20,
+        observer=metrics,
     )
     return Services(
         settings=settings,
@@ -97,6 +101,7 @@ def build_services(settings: Settings) -> Services:
         events=events,
         models=models,
         secret=load_secret(settings),
+        metrics=metrics,
     )
 
 
@@ -129,6 +134,7 @@ def submit_job(services: Services, job: Job) -> Job:
     stored, created = services.store.add(job)
     if not created:
         return stored
+    services.metrics.job_submitted(job.spec.model, job.source)
     if job.input_sha256 is not None and complete_from_cache(services, stored):
         done = services.store.get(job.id)
         if done is not None:
@@ -172,6 +178,7 @@ def complete_from_cache(services: Services, job: Job) -> bool:
     done = services.store.get(job.id)
     if done is not None:
         publish_job(services, done)
+    services.metrics.job_finished(job.spec.model, "succeeded", None, cache_hit=True)
     return True
 
 
@@ -186,6 +193,7 @@ def send_webhook(services: Services, job: Job, *, background: bool = False) -> N
 
     def send() -> None:
         result = deliver(url, payload, services.secret, attempts=services.settings.webhook_attempts)
+        services.metrics.webhook(result.delivered)
         if not result.delivered:
             log.warning(
                 "webhook for job %s not delivered after %d attempts: %s",

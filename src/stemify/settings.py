@@ -37,6 +37,23 @@ class Settings(BaseSettings):
     # A passwordless Redis on another machine is refused unless this says the network is trusted.
     allow_insecure_redis: bool = False
 
+    # ---- observability: logs, metrics, error tracking (H3; docs/operations/runbook.md)
+    log_format: Literal["auto", "json", "console"] = "auto"  # auto: console on a terminal
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Shared by `serve` and the `stemify worker` processes of one machine, so /metrics adds them
+    # up. Default: data_dir/metrics.
+    metrics_dir: Path | None = None
+    # A worker on another machine than the API serves its own /metrics on this port (0: off).
+    worker_metrics_port: int = 0
+    sentry_dsn: SecretStr | None = None  # unset: error tracking off
+    sentry_environment: str = "production"
+    sentry_traces_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
     # ---- service: limits and behaviour
     auth: Literal["required", "off"] | None = None  # None: off only for `serve` on loopback
     max_upload_mb: int = 500

@@ -10,6 +10,7 @@ from stemify.api import routes_downloads, routes_jobs, routes_system, routes_usa
 from stemify.api.edge import EdgeApp, install_edge
 from stemify.api.errors import install_error_handlers
 from stemify.api.rate_limits import RateLimiter
+from stemify.observability import http as observability
 from stemify.services import Services
 from stemify.web import mount_web
 
@@ -47,7 +48,10 @@ def create_app(services: Services, *, auth_required: bool) -> FastAPI:
     app.include_router(routes_downloads.router, prefix=API_PREFIX)
     app.include_router(routes_system.router, prefix=API_PREFIX)
     app.include_router(routes_usage.router, prefix=API_PREFIX)
+    app.include_router(observability.router)  # /metrics, where Prometheus looks
     mount_web(app)  # the page at /
     # Security headers, trusted proxies, CORS and body limits (submissions have their own).
     install_edge(app, services.settings, uploads=[f"{API_PREFIX}/jobs", f"{API_PREFIX}/stemify"])
+    # Added last, so outermost: every answer (429, 403, ...) gets a request id and is counted.
+    app.add_middleware(observability.ObservabilityMiddleware, metrics=services.metrics)
     return app

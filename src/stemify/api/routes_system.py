@@ -44,9 +44,12 @@ async def models(services: ServicesDep, _caller: CallerDep) -> dict[str, Any]:
     }
 
 
-@router.get("/health", summary="Liveness: the process answers")
-async def health() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/health", summary="Liveness: the process answers; queue and workers if known")
+async def health(services: ServicesDep) -> dict[str, Any]:
+    """Always 200 while the process answers (a store outage is for /ready to report); the
+    queue and workers are included when the store answers in time, else null and []."""
+    queue, workers = await _queue_status(services)
+    return {"status": "ok", "queue": queue, "workers": workers}
 
 
 def _gigabytes(size: int) -> str:
@@ -103,6 +106,7 @@ def _queue_and_workers(services: Services) -> tuple[dict[str, Any], list[dict[st
             "hostname": w.hostname,
             "pid": w.pid,
             "last_seen": w.last_seen.isoformat().replace("+00:00", "Z"),
+            "last_seen_age_s": round((now - w.last_seen).total_seconds(), 1),
             "running": w.running,
         }
         for w in services.store.workers_alive(seen_after)
@@ -113,8 +117,23 @@ def _queue_and_workers(services: Services) -> tuple[dict[str, Any], list[dict[st
         "oldest_queued_age_s": (
             round(stats.oldest_queued_age_s, 1) if stats.oldest_queued_age_s is not None else None
         ),
+        "workers_alive": len(workers),
     }
     return queue, workers
+
+
+async def _queue_status(services: Services) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Queue and workers from the store, or (None, []) if it fails or hangs."""
+    with anyio.move_on_after(CHECK_TIMEOUT_S):
+        try:
+            return await anyio.to_thread.run_sync(
+                _queue_and_workers, services, abandon_on_cancel=True
+            )
+        except Exception:
+            log.exception("reading queue statistics failed")
+            return None, []
+    log.warning("reading queue statistics took over %g s", CHECK_TIMEOUT_S)
+    return None, []
 
 
 @router.get(
@@ -132,10 +151,7 @@ async def ready(services: ServicesDep) -> JSONResponse:
     queue: dict[str, Any] | None = None
     workers: list[dict[str, Any]] = []
     if checks["store"]["ok"]:
-        try:
-            queue, workers = await anyio.to_thread.run_sync(_queue_and_workers, services)
-        except Exception:
-            log.exception("reading queue statistics failed")
+        queue, workers = await _queue_status(services)
     ok = all(check["ok"] for check in checks.values())
     body = {
         "status": "ready" if ok else "not_ready",

@@ -11,7 +11,23 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+
+class CacheObserver(Protocol):
+    """Told about loads and evictions (the process's metrics)."""
+
+    def model_loaded(self, name: str, nbytes: int) -> None: ...
+
+    def model_evicted(self, name: str, nbytes: int) -> None: ...
+
+
+class _Unobserved:
+    def model_loaded(self, name: str, nbytes: int) -> None:
+        pass
+
+    def model_evicted(self, name: str, nbytes: int) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -34,8 +50,14 @@ class ModelCache:
     Least recently used models are dropped while the total size exceeds ``budget_bytes``; the
     model just requested is always kept, even if it alone is over budget."""
 
-    def __init__(self, loader: Callable[[str], Any], budget_bytes: int) -> None:
+    def __init__(
+        self,
+        loader: Callable[[str], Any],
+        budget_bytes: int,
+        observer: CacheObserver | None = None,
+    ) -> None:
         self._loader = loader
+        self._observer: CacheObserver = observer or _Unobserved()
         self._budget = budget_bytes
         self._lock = threading.Lock()
         self._models: OrderedDict[str, tuple[Any, int]] = OrderedDict()
@@ -68,6 +90,7 @@ class ModelCache:
             del self._loading[name]
             self._models[name] = (model, size)
             self._loads += 1
+            self._observer.model_loaded(name, size)
             self._shrink(keep=name)
         future.set_result(model)
         return model
@@ -80,9 +103,11 @@ class ModelCache:
     def evict(self, name: str) -> bool:
         """Drop ``name``; False if it was not cached."""
         with self._lock:
-            if self._models.pop(name, None) is None:
+            dropped = self._models.pop(name, None)
+            if dropped is None:
                 return False
             self._evictions += 1
+            self._observer.model_evicted(name, dropped[1])
             return True
 
     @property
@@ -98,5 +123,6 @@ class ModelCache:
             victim = next((n for n in self._models if n != keep), None)
             if victim is None:
                 return
-            del self._models[victim]
+            _, size = self._models.pop(victim)
             self._evictions += 1
+            self._observer.model_evicted(victim, size)

@@ -13,6 +13,7 @@ from datetime import datetime
 
 import dramatiq
 import torch
+from prometheus_client import Gauge
 
 from stemify.jobs.store import now_utc
 from stemify.services import Services
@@ -28,13 +29,17 @@ def new_worker_id() -> str:
 
 
 class _Counter:
-    def __init__(self) -> None:
+    """Jobs running in this process, mirrored in the busy-slots gauge."""
+
+    def __init__(self, gauge: Gauge) -> None:
         self._value = 0
         self._lock = threading.Lock()
+        self._gauge = gauge
 
     def add(self, delta: int) -> None:
         with self._lock:
             self._value += delta
+            self._gauge.inc(delta)
 
     @property
     def value(self) -> int:
@@ -109,7 +114,7 @@ class EmbeddedWorkers:
         self.worker_id = new_worker_id()
         self.shutdown = threading.Event()
         self.runner = JobRunner(services, self.worker_id, self.shutdown)
-        self.busy = _Counter()
+        self.busy = _Counter(services.metrics.worker_busy)
         self.maintenance = Maintenance(services, self.worker_id, lambda: self.busy.value)
         self.threads = [
             threading.Thread(target=self._consume, name=f"worker-{i}", daemon=True)
@@ -118,6 +123,7 @@ class EmbeddedWorkers:
 
     def start(self) -> None:
         share_cores(len(self.threads))
+        self.services.metrics.worker_slots.inc(len(self.threads))
         preload(self.services)
         self.maintenance.start()
         for thread in self.threads:
@@ -155,7 +161,7 @@ class DramatiqWorkers:
         self.worker_id = new_worker_id()
         self.shutdown = threading.Event()
         self.runner = JobRunner(services, self.worker_id, self.shutdown)
-        self.busy = _Counter()
+        self.busy = _Counter(services.metrics.worker_busy)
         self.maintenance = Maintenance(services, self.worker_id, lambda: self.busy.value)
         broker = services.queue.broker
 
@@ -172,6 +178,7 @@ class DramatiqWorkers:
 
     def start(self) -> None:
         share_cores(self.concurrency)
+        self.services.metrics.worker_slots.inc(self.concurrency)
         preload(self.services)
         self.maintenance.start()
         self.worker.start()

@@ -20,18 +20,30 @@ from typing import ClassVar, Literal
 from sqlalchemy.exc import SQLAlchemyError
 
 from stemify.audio import probe
+from stemify.audio.limits import media_limits
 from stemify.engine import CancelToken, Progress, separate_file
-from stemify.errors import CancelledError, StemifyError
+from stemify.errors import (
+    AudioLimitError,
+    CancelledError,
+    DownloadError,
+    InvalidAudioError,
+    InvalidOptionError,
+    StemifyError,
+)
 from stemify.formatting import check_duration, format_duration
 from stemify.jobs.fetch import FetchLimits, fetch_url
 from stemify.jobs.model import Job, JobStatus, Stage, StemFile
 from stemify.jobs.store import now_utc, stale_cutoff
+from stemify.jobs.urlguard import url_policy
+from stemify.observability.logging import bind, bound
+from stemify.observability.sentry import job_scope
 from stemify.services import Services, complete_from_cache, publish_job, send_webhook
 from stemify.storage import local_file
 
 log = logging.getLogger(__name__)
 
 StopReason = Literal["canceled", "timeout", "shutdown", "lost"]
+CALLER_ERRORS = (InvalidAudioError, AudioLimitError, InvalidOptionError, DownloadError)
 
 
 def sha256_of(path: Path) -> str:
@@ -62,6 +74,11 @@ class JobRunner:
         self.shutdown = shutdown
 
     def run(self, job_id: str) -> None:
+        """Run the job; every log line and error report on the way carries its id."""
+        with bound(job_id=job_id), job_scope(job_id):
+            self._run(job_id)
+
+    def _run(self, job_id: str) -> None:
         store, settings = self.services.store, self.services.settings
         now = now_utc()
         job = store.claim(
@@ -89,7 +106,10 @@ class JobRunner:
         except CancelledError:
             self._stopped(job, watch.reason or "canceled")
         except StemifyError as exc:
-            log.info("job %s failed: %s: %s", job_id, exc.code, exc.message)
+            # The caller's input is the caller's problem; anything else (a broken model, full
+            # storage, a missing tool) is the operator's, logged as an error (and so reported).
+            level = logging.INFO if isinstance(exc, CALLER_ERRORS) else logging.ERROR
+            log.log(level, "job %s failed: %s: %s", job_id, exc.code, exc.message)
             store.fail(job_id, self.worker_id, code=exc.code, message=exc.message, now=now_utc())
         except Exception:
             log.exception("job %s: unexpected error", job_id)
@@ -107,10 +127,23 @@ class JobRunner:
         if final is None:  # deleted while running: leave no orphan files behind
             self.services.storage.delete_prefix(f"jobs/{job_id}/")
         else:
+            self._count(final)
             publish_job(self.services, final)
             if final.status.finished and final.status != JobStatus.SUCCEEDED:
                 self.services.storage.delete_prefix(f"jobs/{job_id}/stems/")
             send_webhook(self.services, final)
+
+    def _count(self, job: Job) -> None:
+        """Metrics of a job this runner ended (a cache hit was counted where it completed;
+        a job handed back or taken over is counted by whoever ends it)."""
+        metrics = self.services.metrics
+        if job.worker_id != self.worker_id:
+            return
+        if job.status == JobStatus.SUCCEEDED and not job.cache_hit:
+            metrics.job_finished(job.spec.model, job.status.value, None)
+            metrics.job_processed(job.spec.model, job.stage_seconds, job.input_duration_s)
+        elif job.status in (JobStatus.FAILED, JobStatus.CANCELED):
+            metrics.job_finished(job.spec.model, job.status.value, job.error_code)
 
     def _stopped(self, job: Job, reason: StopReason) -> None:
         store, now = self.services.store, now_utc()
@@ -129,6 +162,7 @@ class JobRunner:
         # "lost": another worker owns the job now; write nothing.
 
     def _heartbeat(self, job: Job, watch: _Watch, done: threading.Event) -> None:
+        bind(job_id=job.id)  # a new thread starts with no context
         store, settings = self.services.store, self.services.settings
         started = time.monotonic()
         shutdown_seen: float | None = None
@@ -175,6 +209,7 @@ class JobRunner:
             options,
             on_progress=_Reporter(services, job, self.worker_id),
             cancel=watch.token,
+            limits=media_limits(settings),
         )
         seconds.update(result.stage_seconds)
 
@@ -215,11 +250,11 @@ class JobRunner:
             job.source_url,
             scratch / "download",
             limits,
-            allow_loopback=settings.allow_loopback_urls,
+            policy=url_policy(settings),
         )
         if watch.token.cancelled:
             raise CancelledError()
-        info = probe(fetched.path)
+        info = probe(fetched.path, limits=media_limits(settings))
         check_duration(info.duration_s, settings.max_duration_s, "the linked audio")
         key = f"jobs/{job.id}/input"
         digest = sha256_of(fetched.path)

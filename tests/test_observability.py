@@ -1,0 +1,200 @@
+"""Metrics, logs, health and error tracking, from real `stemify serve` / `stemify worker`
+processes (and, for Sentry, the real client in this process with a recording transport)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from harness import Cluster, Receiver, client, submit, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+from test_service_distributed import distributed_env
+from test_service_embedded import embedded_env
+
+MakeAudio = Callable[..., Path]
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@pytest.fixture(scope="module")
+def broken_model_dir(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
+    """The test models, with ``tiny6``'s weights truncated: jobs asking for it fail in the
+    worker with model_load_failed (an operator's problem), while ``tiny`` works."""
+    directory = tmp_path_factory.mktemp("broken-models")
+    shutil.copytree(model_dir, directory, dirs_exist_ok=True)
+    (weights,) = directory.glob("aaaa0003-*.th")
+    weights.write_bytes(weights.read_bytes()[:1000])
+    return directory
+
+
+def scrape(base: str) -> Samples:
+    response = httpx.get(f"{base}/metrics", timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of ``name`` over the samples whose labels include ``labels`` (0 if none)."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    lines = [line for line in text.splitlines() if line.strip()]
+    parsed = []
+    for line in lines:
+        try:
+            parsed.append(json.loads(line))
+        except json.JSONDecodeError:
+            pytest.fail(f"a log line is not JSON: {line!r}")
+    return parsed
+
+
+@pytest.fixture
+def cluster(broken_model_dir: Path, tmp_path: Path) -> Iterator[Cluster]:
+    running = Cluster(
+        tmp_path,
+        embedded_env(
+            tmp_path,
+            broken_model_dir,
+            {
+                "STEMIFY_WORKER_CONCURRENCY": "2",
+                "STEMIFY_SECRET_KEY": "observability-secret-key",
+                "STEMIFY_LOG_FORMAT": "json",
+                "STEMIFY_HEARTBEAT_INTERVAL_S": "0.5",
+            },
+        ),
+    )
+    yield running
+    running.stop()
+
+
+def test_embedded_metrics_logs_and_health(cluster: Cluster, make_audio: MakeAudio) -> None:
+    serve = cluster.serve()
+    api = client(cluster.base)
+    receiver = Receiver()
+    try:
+        song = make_audio("song.wav", seconds=2.0)
+        first = submit(api, song, shifts="0", webhook_url=receiver.url)
+        done = wait_for(api, first["id"])
+        assert done["status"] == "succeeded", done
+        again = submit(api, song, shifts="0")  # same input and parameters: a dedup hit
+        assert again["status"] == "succeeded" and again["cache_hit"]
+        broken = wait_for(api, submit(api, song, model="tiny6")["id"])
+        assert broken["status"] == "failed", broken
+        assert broken["error"]["code"] == "model_load_failed"
+        deadline = time.monotonic() + 10
+        while not receiver.bodies and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        receiver.close()
+
+    samples = scrape(cluster.base)
+    assert value(samples, "stemify_jobs_submitted_total", model="tiny", source="upload") == 2
+    assert value(samples, "stemify_jobs_submitted_total", model="tiny6") == 1
+    succeeded = {"model": "tiny", "status": "succeeded", "error_code": ""}
+    assert value(samples, "stemify_jobs_finished_total", **succeeded) == 2
+    assert value(samples, "stemify_dedup_cache_hits_total", model="tiny") == 1
+    failed = {"model": "tiny6", "status": "failed", "error_code": "model_load_failed"}
+    assert value(samples, "stemify_jobs_finished_total", **failed) == 1
+    # Only the job that really ran has timings; the cache hit does not.
+    for stage in ("decoding", "separating", "encoding", "storing"):
+        assert value(samples, "stemify_job_stage_seconds_count", stage=stage, model="tiny") == 1
+    assert value(samples, "stemify_job_stage_seconds_sum", stage="separating") > 0
+    assert value(samples, "stemify_job_realtime_factor_count", model="tiny") == 1
+    assert value(samples, "stemify_job_realtime_factor_sum", model="tiny") > 0
+    assert value(samples, "stemify_webhook_deliveries_total", outcome="delivered") == 1
+    assert value(samples, "stemify_model_cache_loads_total", model="tiny") == 1
+    assert value(samples, "stemify_model_cache_bytes") > 0
+    assert value(samples, "stemify_worker_slots") == 2
+    assert value(samples, "stemify_worker_busy_slots") == 0
+    assert value(samples, "stemify_queue_depth") == 0
+    assert value(samples, "stemify_jobs_running") == 0
+    assert value(samples, "stemify_workers_alive") == 1
+    assert value(samples, "stemify_storage_free_bytes") > 0
+    job_route = {"route": "/api/v1/jobs/{job_id}", "method": "GET", "status": "200"}
+    assert value(samples, "stemify_http_requests_total", **job_route) >= 1
+    assert value(samples, "stemify_http_requests_total", route="/api/v1/jobs", status="202") >= 1
+    assert value(samples, "stemify_http_request_duration_seconds_count", method="POST") >= 3
+    # An unknown path is counted under one label, not one per path.
+    assert api.get("/no/such/thing-123").status_code == 404
+    samples = scrape(cluster.base)
+    assert value(samples, "stemify_http_requests_total", route="unmatched", status="404") == 1
+    assert not any("thing-123" in str(labels) for _, labels in samples)
+
+    # Health carries the queue and the workers with their last heartbeat.
+    health = api.get("/health").json()
+    assert health["status"] == "ok"
+    assert health["queue"] == {
+        "depth": 0, "running": 0, "oldest_queued_age_s": None, "workers_alive": 1,
+    }  # fmt: skip
+    (worker,) = health["workers"]
+    assert worker["last_seen"].endswith("Z") and 0 <= worker["last_seen_age_s"] < 10
+    ready = api.get("/ready").json()
+    assert ready["queue"]["workers_alive"] == 1 and ready["workers"][0]["id"] == worker["id"]
+
+    # A request id is taken from the caller when sane, else made; echoed either way.
+    sent = api.get(f"/jobs/{first['id']}", headers={"X-Request-ID": "trace-abc.123"})
+    assert sent.headers["x-request-id"] == "trace-abc.123"
+    odd = api.get("/health", headers={"X-Request-ID": "bad id\twith spaces"})
+    assert odd.headers["x-request-id"] != "bad id\twith spaces"
+    assert len(odd.headers["x-request-id"]) == 32
+
+    cluster.stop()
+    lines = json_lines(serve.output())
+    assert all({"event", "level", "timestamp"} <= line.keys() for line in lines)
+    traced = [line for line in lines if line.get("request_id") == "trace-abc.123"]
+    assert traced and all(line["job_id"] == first["id"] for line in traced)
+    assert any(line.get("status") == 200 and "duration_ms" in line for line in traced)
+    # Worker lines of the broken job carry its id, the failure among them at error level.
+    about_broken = [line for line in lines if line.get("job_id") == broken["id"]]
+    errors = [line for line in about_broken if line["level"] == "error"]
+    assert len(errors) == 1 and "model_load_failed" in errors[0]["event"]
+    assert any("claimed" in line["event"] for line in about_broken)
+    assert "observability-secret-key" not in serve.output()
+
+
+@pytest.fixture
+def distributed(
+    tmp_path: Path, model_dir: Path, postgres_url: str, redis_url: str, redis_prefix: str
+) -> Iterator[Cluster]:
+    env = distributed_env(tmp_path, model_dir, postgres_url, redis_url, redis_prefix)
+    running = Cluster(tmp_path, {**env, "STEMIFY_LOG_FORMAT": "json"})
+    yield running
+    running.stop()
+
+
+def test_worker_process_metrics_reach_the_api(distributed: Cluster, make_audio: MakeAudio) -> None:
+    distributed.serve()
+    worker = distributed.start("worker", "--concurrency", "1", name="worker")
+    api = client(distributed.base)
+    job = submit(api, make_audio("song.wav", seconds=1.5), shifts="0")
+    done = wait_for(api, job["id"], timeout=180)
+    assert done["status"] == "succeeded", distributed.logs()
+
+    samples = scrape(distributed.base)
+    succeeded = {"model": "tiny", "status": "succeeded"}
+    assert value(samples, "stemify_jobs_finished_total", **succeeded) == 1
+    assert value(samples, "stemify_job_stage_seconds_count", stage="separating") == 1
+    assert value(samples, "stemify_model_cache_loads_total", model="tiny") == 1
+    assert value(samples, "stemify_worker_slots") == 1
+    assert value(samples, "stemify_workers_alive") == 1
+
+    worker.stop()
+    samples = scrape(distributed.base)
+    # The stopped worker's live gauges go; what it counted stays (totals never fall).
+    assert value(samples, "stemify_worker_slots") == 0
+    assert value(samples, "stemify_model_cache_bytes") == 0
+    assert value(samples, "stemify_jobs_finished_total", **succeeded) == 1
+    worker_lines = json_lines(worker.output())
+    assert any(line.get("job_id") == job["id"] for line in worker_lines)
