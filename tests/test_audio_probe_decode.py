@@ -13,6 +13,7 @@ import pytest
 from harness import ffmpeg_children
 
 from stemify.audio import AudioInfo, decode_blocks, decode_checked, probe, soxr_available
+from stemify.audio.limits import MediaLimits
 from stemify.errors import InvalidAudioError, ToolMissingError
 
 MakeAudio = Callable[..., Path]  # the make_audio fixture of conftest.py
@@ -271,7 +272,7 @@ def test_truncated_m4a_is_unreadable(make_audio: MakeAudio) -> None:
 def test_probe_timeout(make_audio: MakeAudio) -> None:
     path = make_audio("slow.wav")
     with pytest.raises(InvalidAudioError, match=r"slow.wav could not be read: ffprobe gave up"):
-        probe(path, timeout_s=0.001)
+        probe(path, limits=MediaLimits(probe_timeout_s=0.001))
 
 
 def test_missing_ffprobe_and_ffmpeg(

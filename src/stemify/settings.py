@@ -58,6 +58,28 @@ class Settings(BaseSettings):
     auth: Literal["required", "off"] | None = None  # None: off only for `serve` on loopback
     max_upload_mb: int = 500
     max_duration_s: float = 7200.0
+
+    # ---- links and hostile media (H1; stemify.jobs.urlguard, stemify.audio.limits)
+    # Domains links may point to (a domain allows its subdomains); empty: any public host.
+    url_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Every ffprobe/ffmpeg run: address-space limit, CPU seconds, ffprobe wall time, and how
+    # long a decoding ffmpeg may go without producing audio.
+    ffmpeg_memory_mb: int = Field(default=1024, ge=256)
+    ffmpeg_cpu_s: int = Field(default=3600, ge=1)
+    ffprobe_timeout_s: float = Field(default=30.0, gt=0)
+    ffmpeg_stall_s: float = Field(default=120.0, gt=0)
+    # Inputs outside these are refused (64 channels, 1 Hz, 768 kHz: hostile, not music).
+    max_channels: int = Field(default=16, ge=1)
+    min_samplerate: int = Field(default=8000, ge=1)
+    max_samplerate: int = Field(default=384000, ge=1)
+
+    @field_validator("url_allowlist", mode="before")
+    @classmethod
+    def _domain_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
     default_model: str = "htdemucs"
     result_ttl_hours: float = 24.0
     preload_models: Annotated[list[str], NoDecode] = Field(default_factory=list)

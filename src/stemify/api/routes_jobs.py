@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 import uuid
@@ -29,11 +30,13 @@ from stemify.api.uploads import (
     read_submission,
 )
 from stemify.audio import AudioInfo, probe
-from stemify.errors import InvalidAudioError
+from stemify.audio.limits import MediaLimits, media_limits
+from stemify.errors import AudioLimitError, InvalidAudioError
 from stemify.formatting import check_duration
 from stemify.jobs.model import Job, JobStatus
 from stemify.jobs.render import job_to_dict
 from stemify.jobs.store import now_utc
+from stemify.jobs.urlguard import url_policy
 from stemify.services import Services, publish_job, submit_job
 from stemify.storage import Storage, local_file
 
@@ -93,21 +96,21 @@ def _job_response(services: Services, job: Job, status: int = 200) -> JSONRespon
 # ---- submitting --------------------------------------------------------------------------------
 
 
-def _probe_upload(path: Path) -> AudioInfo:
+def _probe_upload(path: Path, limits: MediaLimits) -> AudioInfo:
     try:
-        return probe(path)
-    except InvalidAudioError as exc:
+        return probe(path, limits=limits)
+    except (InvalidAudioError, AudioLimitError) as exc:
         # probe names the file by its storage name ("input"); the caller knows it as theirs.
         message = exc.message
         if message.startswith(f"{path.name} "):
             message = "the uploaded file" + message[len(path.name) :]
-        raise InvalidAudioError(message) from None
+        raise type(exc)(message) from None
 
 
-def _probe_stored(storage: Storage, key: str, max_duration_s: float) -> AudioInfo:
+def _probe_stored(storage: Storage, key: str, limits: MediaLimits) -> AudioInfo:
     with tempfile.TemporaryDirectory(prefix="stemify-probe-") as scratch:
-        info = _probe_upload(local_file(storage, key, Path(scratch)))
-    check_duration(info.duration_s, max_duration_s, "the uploaded file")
+        info = _probe_upload(local_file(storage, key, Path(scratch)), limits)
+    check_duration(info.duration_s, limits.max_duration_s or math.inf, "the uploaded file")
     return info
 
 
@@ -139,11 +142,12 @@ async def _build_job(
         idempotency_key=idempotency_key,
     )
     if upload is None:
-        job.source_url = check_link(fields["url"], "url")
+        # Resolves the host: in a thread.
+        job.source_url = await in_thread(check_link, fields["url"], "url", url_policy(settings))
         job.input_name = display_name(unquote(urlsplit(job.source_url).path))
         return job
     info: AudioInfo = await in_thread(
-        _probe_stored, services.storage, upload.key, settings.max_duration_s
+        _probe_stored, services.storage, upload.key, media_limits(settings)
     )
     job.input_name = upload.name
     job.input_key = upload.key

@@ -34,6 +34,7 @@ from stemify.errors import (
     UploadTooLargeError,
 )
 from stemify.jobs.model import JobSpec
+from stemify.jobs.urlguard import URLPolicy, check_submitted_url
 from stemify.models import ModelStatus, list_models
 from stemify.storage import Storage
 
@@ -344,8 +345,10 @@ MAX_URL_CHARS = 2048
 _FORMATS: dict[str, Literal["wav", "flac", "mp3"]] = {"wav": "wav", "flac": "flac", "mp3": "mp3"}
 
 
-def check_link(value: str, what: str) -> str:
-    """An http(s) link, checked for shape only (the worker checks where it points)."""
+def check_link(value: str, what: str, policy: URLPolicy | None = None) -> str:
+    """An http(s) link, checked for shape; with ``policy`` also for where it points (a host
+    that does not resolve yet is left to the worker, which checks every connection). Blocking:
+    it resolves the host."""
     link = value.strip()
     if not link:
         raise InvalidURLError(f"{what} is empty")
@@ -363,6 +366,8 @@ def check_link(value: str, what: str) -> str:
         raise InvalidURLError(f"{what} must be an http:// or https:// link")
     if not host:
         raise InvalidURLError(f"{what} has no host name")
+    if policy is not None:
+        check_submitted_url(link, policy)
     return link
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import math
+import select
 import subprocess
 import tempfile
 from collections.abc import Generator
@@ -15,8 +17,16 @@ from typing import Literal, cast
 import numpy as np
 import numpy.typing as npt
 
-from stemify.audio.probe import AudioInfo, check_input_file, ffmpeg_error_line, missing_tool_error
-from stemify.errors import InvalidAudioError
+from stemify.audio.limits import DEFAULT_LIMITS, MediaLimits, input_options, limited
+from stemify.audio.probe import (
+    AudioInfo,
+    check_input_file,
+    ffmpeg_error_line,
+    limit_hit,
+    missing_tool_error,
+)
+from stemify.errors import AudioLimitError, InvalidAudioError
+from stemify.formatting import format_duration
 
 Block = npt.NDArray[np.float32]
 Blocks = Generator[Block, None, None]
@@ -25,6 +35,8 @@ Resampler = Literal["auto", "swr", "soxr"]
 
 # After stdout hits EOF ffmpeg only has to flush and exit; longer means it is stuck.
 _EXIT_TIMEOUT_S = 60.0
+# Decoded audio may run this far past the duration limit (encoder priming, rounding).
+_DURATION_SLACK_S = 1.0
 
 
 @functools.cache
@@ -52,6 +64,7 @@ def decode_blocks(
     block_frames: int = 65536,
     resampler: Resampler = "auto",
     expected: AudioInfo | None = None,
+    limits: MediaLimits = DEFAULT_LIMITS,
 ) -> Blocks:
     """Yield float32 blocks shaped ``(channels, n)``, ``n <= block_frames`` (only the last may
     be shorter), of the first audio stream of ``path``.
@@ -62,19 +75,29 @@ def decode_blocks(
     (``.close()`` or ``contextlib.closing``) to stop early: ffmpeg is killed and reaped.
 
     With ``expected`` (the file's :func:`probe` result), also checks the whole file was
-    decoded, as :func:`decode_checked`."""
+    decoded, as :func:`decode_checked`.
+
+    ffmpeg runs under ``limits`` (memory, CPU, no output for ``stall_s``), reads only local
+    files in the formats of :data:`~stemify.audio.limits.DEMUXERS`, and is stopped with an
+    AudioLimitError once more than ``limits.max_duration_s`` of audio came out, whatever
+    the file's header claimed."""
     if samplerate <= 0 or channels <= 0 or block_frames <= 0:
         raise ValueError("samplerate, channels and block_frames must be positive")
     check_input_file(path)
     if resampler == "auto":
         resampler = "soxr" if soxr_available() else "swr"
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-vn"]
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", *input_options(), "-i", str(path)]
+    cmd = limited(cmd, limits, missing_tool_error("ffmpeg"))
+    cmd += ["-map", "0:a:0", "-vn"]
     if resampler == "soxr":
         cmd += ["-af", "aresample=resampler=soxr"]
     cmd += ["-ac", str(channels), "-ar", str(samplerate)]
     cmd += ["-f", "f32le", "-acodec", "pcm_f32le", "pipe:1"]
     # A plain function returning the generator, so bad arguments fail here, not at first next().
-    blocks = _stream(cmd, path, channels, block_frames)
+    max_frames = None
+    if limits.max_duration_s is not None:
+        max_frames = math.ceil((limits.max_duration_s + _DURATION_SLACK_S) * samplerate)
+    blocks = _stream(cmd, path, channels, block_frames, max_frames, limits)
     if expected is not None:
         return _checked(blocks, path, expected.duration_s, samplerate)
     return blocks
@@ -88,6 +111,7 @@ def decode_checked(
     channels: int,
     block_frames: int = 65536,
     resampler: Resampler = "auto",
+    limits: MediaLimits = DEFAULT_LIMITS,
 ) -> Blocks:
     """:func:`decode_blocks`, plus a check that the whole file was decoded.
 
@@ -105,6 +129,7 @@ def decode_checked(
         block_frames=block_frames,
         resampler=resampler,
         expected=info,
+        limits=limits,
     )
 
 
@@ -127,7 +152,14 @@ def _checked(blocks: Blocks, path: Path, expected_s: float, samplerate: int) -> 
         raise failure
 
 
-def _stream(cmd: list[str], path: Path, channels: int, block_frames: int) -> Blocks:
+def _stream(
+    cmd: list[str],
+    path: Path,
+    channels: int,
+    block_frames: int,
+    max_frames: int | None,
+    limits: MediaLimits,
+) -> Blocks:
     frame_bytes = 4 * channels
     buffer = np.empty(block_frames * channels, dtype="<f4")
     view = buffer.data.cast("B")
@@ -144,10 +176,16 @@ def _stream(cmd: list[str], path: Path, channels: int, block_frames: int) -> Blo
         stdout = cast(io.RawIOBase, process.stdout)
         try:
             while True:
-                filled = _read_full(stdout, view)
+                filled = _read_full(stdout, view, path, limits.stall_s)
                 frames = filled // frame_bytes
                 if frames:
                     frames_total += frames
+                    if max_frames is not None and frames_total > max_frames:
+                        assert limits.max_duration_s is not None
+                        limit = format_duration(limits.max_duration_s)
+                        raise AudioLimitError(
+                            f"the audio is longer than the {limit} limit (decoding stopped there)"
+                        )
                     interleaved = buffer[: frames * channels].reshape(frames, channels)
                     # A copy, so the next read cannot overwrite a block the consumer still holds.
                     yield np.ascontiguousarray(interleaved.T, dtype=np.float32)
@@ -168,16 +206,26 @@ def _stream(cmd: list[str], path: Path, channels: int, block_frames: int) -> Blo
     # ffmpeg logs, skips and carries on past a damaged frame (exit 0); such files play fine
     # elsewhere, so only a failed exit is fatal here. A cut file is caught by the length check.
     if returncode != 0:
-        reason = ffmpeg_error_line(errors, path) or f"ffmpeg exited with code {returncode}"
+        reason = (
+            limit_hit(returncode, errors, "ffmpeg", limits)
+            or ffmpeg_error_line(errors, path)
+            or f"ffmpeg exited with code {returncode}"
+        )
         raise InvalidAudioError(f"could not decode {path.name}: {reason}")
     if frames_total == 0:
         raise InvalidAudioError(f"{path.name} contains no audio samples")
 
 
-def _read_full(stream: io.RawIOBase, view: memoryview) -> int:
-    """Fill ``view`` from a pipe, which may return fewer bytes per read; short only at EOF."""
+def _read_full(stream: io.RawIOBase, view: memoryview, path: Path, stall_s: float) -> int:
+    """Fill ``view`` from a pipe, which may return fewer bytes per read; short only at EOF.
+    A pipe that stays silent for ``stall_s`` is an ffmpeg stuck on a hostile file."""
     filled = 0
     while filled < len(view):
+        ready, _, _ = select.select([stream], [], [], stall_s)
+        if not ready:
+            raise InvalidAudioError(
+                f"could not decode {path.name}: ffmpeg produced no audio for {stall_s:g} s"
+            )
         count = stream.readinto(view[filled:])
         if not count:
             break

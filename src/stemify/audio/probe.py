@@ -6,18 +6,40 @@ from __future__ import annotations
 import json
 import math
 import re
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stemify.errors import InvalidAudioError, ToolMissingError
+from stemify.audio.limits import DEFAULT_LIMITS, MediaLimits, input_options, limited
+from stemify.errors import AudioLimitError, InvalidAudioError, ToolMissingError
 
 # ffmpeg prefixes messages with "[flac @ 0x55d1c0ffee00] "; the address means nothing to a user.
 _COMPONENT_PREFIX = re.compile(r"^\[[^\]]* @ 0x[0-9a-fA-F]+\]\s*")
 # The only warning we look for: it marks durations guessed from the first frame's bitrate, which
 # can be wildly wrong (a VBR mp3 without a Xing header and a quiet intro: 13 s guessed for 6 s).
 _ESTIMATED_DURATION = "Estimating duration from bitrate"
+# ffprobe's confidence in the format it found (100: certain; a real mp3 without tags scores
+# 51, one behind 3 kB of junk 25). Below this it matched on nothing but the file's extension.
+MIN_PROBE_SCORE = 25
+# Files that are certainly not media, named for a clearer refusal than "cannot read" (and
+# refused even when they carry an audio stream inside, as a zip of an mp3 does).
+_NOT_MEDIA = (
+    (b"PK\x03\x04", "a zip archive"),
+    (b"PK\x05\x06", "a zip archive"),
+    (b"%PDF", "a PDF document"),
+    (b"\x7fELF", "a program"),
+    (b"MZ", "a program"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+    (b"Rar!\x1a\x07", "a RAR archive"),
+    (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"#EXTM3U", "a playlist"),
+    (b"<", "a web page or XML document"),
+)
 
 
 @dataclass(frozen=True)
@@ -58,17 +80,25 @@ def check_input_file(path: Path) -> None:
         raise InvalidAudioError(f"{path.name} is not a file")
 
 
-def probe(path: Path, *, timeout_s: float = 30.0) -> AudioInfo:
+def probe(path: Path, *, limits: MediaLimits = DEFAULT_LIMITS) -> AudioInfo:
+    """The file's facts, or InvalidAudioError (not media; the content decides, never the
+    name) or AudioLimitError (channels or sample rate outside ``limits``)."""
     check_input_file(path)
     unreadable = f"{path.name} is not an audio or video file ffmpeg can read"
     if path.stat().st_size == 0:
         raise InvalidAudioError(f"{unreadable} (the file is empty)")
+    with path.open("rb") as file:
+        head = file.read(16).lstrip(b"\xef\xbb\xbf \t\r\n")
+    kind = next((name for magic, name in _NOT_MEDIA if head.startswith(magic)), None)
+    if kind is not None:
+        raise InvalidAudioError(f"{path.name} is {kind}, not an audio or video file")
 
     # -v warning rather than error: the one warning we need is _ESTIMATED_DURATION.
-    cmd = ["ffprobe", "-v", "warning", "-print_format", "json", "-show_format", "-show_streams"]
-    result = _run(cmd, path, timeout_s)
+    cmd = ["ffprobe", *input_options(), "-v", "warning", "-print_format", "json"]
+    cmd += ["-show_format", "-show_streams"]
+    result = _run(cmd, path, limits)
     if result.returncode != 0:
-        raise InvalidAudioError(unreadable)
+        raise InvalidAudioError(_limit_hit(result, path, limits) or unreadable)
     try:
         report = json.loads(result.stdout)
     except json.JSONDecodeError:
@@ -78,6 +108,9 @@ def probe(path: Path, *, timeout_s: float = 30.0) -> AudioInfo:
     fmt: dict[str, Any] = report.get("format") or {}
     if not streams:
         raise InvalidAudioError(unreadable)
+    score = _positive_int(fmt.get("probe_score"))
+    if score is not None and score < MIN_PROBE_SCORE:
+        raise InvalidAudioError(f"{unreadable} (its content matches no known format)")
     audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
     if audio is None:
         raise InvalidAudioError(f"{path.name} has no audio stream")
@@ -87,6 +120,7 @@ def probe(path: Path, *, timeout_s: float = 30.0) -> AudioInfo:
     samplerate = _positive_int(audio.get("sample_rate"))
     if channels is None or samplerate is None:
         raise InvalidAudioError(f"{path.name} has an audio stream ffmpeg cannot decode ({codec})")
+    check_bounds(path.name, channels, samplerate, limits)
 
     duration = None
     if _ESTIMATED_DURATION not in result.stderr:
@@ -99,7 +133,7 @@ def probe(path: Path, *, timeout_s: float = 30.0) -> AudioInfo:
     if duration is None:
         # Piped FLAC, browser-recorded WebM and bitrate-guessed mp3s have no trustworthy
         # duration; reading every packet header (no decoding) gives the exact one.
-        duration = _duration_from_packets(path, timeout_s)
+        duration = _duration_from_packets(path, limits)
     if duration is None or duration <= 0.0:
         raise InvalidAudioError(f"{path.name} contains no audio samples")
 
@@ -112,10 +146,44 @@ def probe(path: Path, *, timeout_s: float = 30.0) -> AudioInfo:
     )
 
 
-def _run(cmd: list[str], path: Path, timeout_s: float) -> subprocess.CompletedProcess[str]:
+def check_bounds(name: str, channels: int, samplerate: int, limits: MediaLimits) -> None:
+    if channels > limits.max_channels:
+        raise AudioLimitError(
+            f"{name} has {channels} audio channels; at most {limits.max_channels} are supported"
+        )
+    if not limits.min_samplerate <= samplerate <= limits.max_samplerate:
+        raise AudioLimitError(
+            f"{name} has a sample rate of {_hz(samplerate)}; supported rates are "
+            f"{_hz(limits.min_samplerate)} to {_hz(limits.max_samplerate)}"
+        )
+
+
+def limit_hit(returncode: int, stderr: str, tool: str, limits: MediaLimits) -> str | None:
+    """What a limit did to a failed ffprobe/ffmpeg run, if one did."""
+    if returncode == -signal.SIGXCPU:
+        return f"{tool} used more than the {limits.cpu_s} s CPU time limit"
+    if "Cannot allocate memory" in stderr or "failed to map segment" in stderr:
+        return f"{tool} needed more than the {limits.memory_mb} MB memory limit"
+    return None
+
+
+def _limit_hit(
+    result: subprocess.CompletedProcess[str], path: Path, limits: MediaLimits
+) -> str | None:
+    hit = limit_hit(result.returncode, result.stderr, "ffprobe", limits)
+    return f"{path.name} could not be read: {hit}" if hit else None
+
+
+def _hz(rate: int) -> str:
+    return f"{rate / 1000:g} kHz" if rate >= 1000 else f"{rate} Hz"
+
+
+def _run(cmd: list[str], path: Path, limits: MediaLimits) -> subprocess.CompletedProcess[str]:
+    command = limited(cmd, limits, missing_tool_error("ffprobe"))
+    timeout_s = limits.probe_timeout_s
     try:
         return subprocess.run(
-            [*cmd, str(path)],
+            [*command, str(path)],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -131,9 +199,10 @@ def _run(cmd: list[str], path: Path, timeout_s: float) -> subprocess.CompletedPr
         ) from None
 
 
-def _duration_from_packets(path: Path, timeout_s: float) -> float | None:
+def _duration_from_packets(path: Path, limits: MediaLimits) -> float | None:
     cmd = [
         "ffprobe",
+        *input_options(),
         "-v",
         "error",
         "-select_streams",
@@ -143,7 +212,7 @@ def _duration_from_packets(path: Path, timeout_s: float) -> float | None:
         "-of",
         "csv=p=0",
     ]
-    result = _run(cmd, path, timeout_s)
+    result = _run(cmd, path, limits)
     if result.returncode != 0:
         return None
     first: float | None = None

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from stemify.audio import AudioInfo, ClipMode, OutputFormat, StemWriter, decode_blocks, probe
+from stemify.audio.limits import DEFAULT_LIMITS, MediaLimits
 from stemify.engine.overlap_add import Audio, InferenceOptions, stream_separate
 from stemify.engine.progress import CancelToken, ProgressCallback, ProgressTracker
 from stemify.errors import InvalidOptionError
@@ -70,13 +71,17 @@ class _MixStatistics:
 
 
 def _mix_statistics(
-    path: Path, model: Any, info: AudioInfo, tracker: ProgressTracker
+    path: Path, model: Any, info: AudioInfo, tracker: ProgressTracker, limits: MediaLimits
 ) -> _MixStatistics:
     """First pass: the mean and standard deviation demucs normalises the whole track with."""
     expected = max(int(info.duration_s * model.samplerate), 1)
     samples, total, squares = 0, 0.0, 0.0
     for block in decode_blocks(
-        path, samplerate=model.samplerate, channels=model.audio_channels, expected=info
+        path,
+        samplerate=model.samplerate,
+        channels=model.audio_channels,
+        expected=info,
+        limits=limits,
     ):
         mono = block.mean(axis=0, dtype=np.float64)
         total += float(mono.sum())
@@ -104,8 +109,10 @@ def separate_file(
     *,
     on_progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    limits: MediaLimits = DEFAULT_LIMITS,
 ) -> SeparationResult:
-    """Separate ``source`` with ``model`` and write each stem to ``destination(stem)``.
+    """Separate ``source`` with ``model`` and write each stem to ``destination(stem)``;
+    ffprobe and ffmpeg run under ``limits``.
 
     Either every stem file is written or none is: stems are encoded into hidden temporary files
     and renamed into place only once all of them have finished.
@@ -121,8 +128,8 @@ def separate_file(
     tracker = ProgressTracker(on_progress)
     seconds: dict[str, float] = {}
     started = time.monotonic()
-    info = probe(source)
-    stats = _mix_statistics(source, model, info, tracker)
+    info = probe(source, limits=limits)
+    stats = _mix_statistics(source, model, info, tracker, limits)
     seconds["decoding"] = time.monotonic() - started
 
     writers: dict[str, StemWriter] = {}
@@ -136,7 +143,7 @@ def separate_file(
                 clip=options.clip,
             )
         started = time.monotonic()
-        quality = _separate_into(source, model, stats, writers, options, tracker, cancel)
+        quality = _separate_into(source, model, stats, writers, options, tracker, cancel, limits)
         seconds["separating"] = time.monotonic() - started
 
         started = time.monotonic()
@@ -167,6 +174,7 @@ def _separate_into(
     options: SeparationOptions,
     tracker: ProgressTracker,
     cancel: CancelToken | None,
+    limits: MediaLimits,
 ) -> QualityReport:
     sources: list[str] = list(model.sources)
 
@@ -179,6 +187,7 @@ def _separate_into(
         samplerate=model.samplerate,
         channels=model.audio_channels,
         block_frames=BLOCK_FRAMES,
+        limits=limits,
     )
     scale, shift = np.float32(stats.std), np.float32(stats.mean)
     try:

@@ -5,15 +5,16 @@ Network failures (refused or reset connections, timeouts, HTTP 5xx/408/429) are 
 exponential backoff; everything else fails at once with one readable line. yt-dlp's own
 retries are off so that every failure passes through :func:`_classify`.
 
-The address check in :func:`check_url` is deliberately partial (see its docstring): a full
-SSRF guard, which must also cover redirects and the media URLs extractors find, comes later.
+Where a link may lead is decided by :mod:`stemify.jobs.urlguard`: the link itself is checked
+before anything is sent, and yt-dlp reaches the network only through a
+:class:`~stemify.jobs.guarded_proxy.GuardedProxy`, which checks every redirect hop and every
+media URL an extractor finds, and connects to the address it checked.
 """
 
 from __future__ import annotations
 
 import errno
 import http.client
-import ipaddress
 import logging
 import os
 import re
@@ -44,18 +45,19 @@ from yt_dlp.utils import DownloadError as YtDlpDownloadError
 from stemify.errors import (
     AudioLimitError,
     DownloadError,
-    InvalidURLError,
     StemifyError,
     UploadTooLargeError,
 )
 from stemify.formatting import format_bytes, format_duration
+from stemify.jobs.guarded_proxy import GuardedProxy
+from stemify.jobs.urlguard import URLPolicy, check_url
 
 _log = logging.getLogger(__name__)
 
 INPUT_STEM = "input"
 """The downloaded file is ``dest_dir/input.<ext>``: names from the link never reach the disk."""
 TITLE_MAX_CHARS = 200
-MAX_URL_CHARS = 4096
+DEFAULT_POLICY = URLPolicy()
 # A stalled read is retried well before the wall-time limit runs out.
 MAX_SOCKET_TIMEOUT_S = 30.0
 
@@ -124,21 +126,21 @@ class _TooLarge(Exception):
 
 
 def fetch_url(
-    url: str, dest_dir: Path, limits: FetchLimits, *, allow_loopback: bool = False
+    url: str, dest_dir: Path, limits: FetchLimits, *, policy: URLPolicy = DEFAULT_POLICY
 ) -> Fetched:
     """Download the media at ``url`` into ``dest_dir`` (created if needed).
 
-    Raises InvalidURLError (not http(s), malformed, refused address), AudioLimitError (known
-    duration over the limit), UploadTooLargeError, or DownloadError. On any failure nothing
-    is left in ``dest_dir``."""
-    check_url(url, allow_loopback=allow_loopback)
+    Raises InvalidURLError (not http(s), malformed; ForbiddenURLError for a refused address,
+    the link's own or one it leads to), AudioLimitError (known duration over the limit),
+    UploadTooLargeError, or DownloadError. On any failure nothing is left in ``dest_dir``."""
+    check_url(url, policy)
     dest_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + limits.timeout_s
     attempt = 0
     while True:
         attempt += 1
         try:
-            return _attempt(url, dest_dir, limits, deadline)
+            return _attempt(url, dest_dir, limits, deadline, policy)
         except _Transient as e:
             tried = f"{attempt} attempt{'s' if attempt > 1 else ''}"
             if attempt > limits.retries:
@@ -156,91 +158,64 @@ def fetch_url(
             time.sleep(delay)
 
 
-def check_url(url: str, *, allow_loopback: bool = False) -> None:
-    """Refuse links that are not plain http(s) URLs, or whose host resolves to a loopback,
-    private, link-local or otherwise non-global address (loopback is let through when
-    ``allow_loopback``).
-
-    Partial by design: only the link's own host is checked, once. Redirects, the media URLs
-    an extractor finds in a page, and a DNS answer that changes between this check and the
-    download (rebinding) are not covered yet."""
-    if len(url) > MAX_URL_CHARS:
-        raise InvalidURLError(f"the link is longer than {MAX_URL_CHARS} characters")
-    if any(c.isspace() or not c.isprintable() for c in url):
-        raise InvalidURLError("the link must not contain spaces or control characters")
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        shown = f"{scheme}://" if scheme else "a link without a scheme"
-        raise InvalidURLError(f"only http:// and https:// links are supported, not {shown}")
-    try:
-        port = parts.port
-    except ValueError:
-        raise InvalidURLError("the link has an invalid port") from None
-    host = parts.hostname
-    if not host:
-        raise InvalidURLError("the link has no host name")
-    _check_host(host, port or (443 if scheme == "https" else 80), allow_loopback)
-
-
-def _check_host(host: str, port: int, allow_loopback: bool) -> None:
-    try:
-        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
-        raise DownloadError(f"could not download the link: the host {host} was not found") from None
-    for *_, sockaddr in addresses:
-        ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
-        # ::ffff:127.0.0.1 is 127.0.0.1; Python 3.11 does not look through the mapping.
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        if ip.is_loopback and allow_loopback:
-            continue
-        if not ip.is_global:
-            raise InvalidURLError(
-                f"links to local or private network addresses are not allowed ({host})"
-            )
-
-
-def _attempt(url: str, dest_dir: Path, limits: FetchLimits, deadline: float) -> Fetched:
+def _attempt(
+    url: str, dest_dir: Path, limits: FetchLimits, deadline: float, policy: URLPolicy
+) -> Fetched:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise _timeout_error(limits)
+    socket_timeout = max(0.1, min(MAX_SOCKET_TIMEOUT_S, remaining))
     # yt-dlp's partial and helper files land in here; removing it cleans up any failure.
     work = Path(tempfile.mkdtemp(prefix=".fetch-", dir=dest_dir))
     try:
-        options = _options(work, limits, remaining, _guard(deadline, limits.max_bytes))
-        with yt_dlp.YoutubeDL(options) as ydl:
-            with _translated(limits, downloading=False):
-                raw = ydl.extract_info(url, download=False, process=False)
-                # Refused before processing, which would list every entry of the playlist.
-                _refuse_playlist(raw)
-                info: dict[str, Any] = ydl.process_ie_result(raw, download=False)
-            _refuse_playlist(info)
-            _check_info(info, limits)
-            if time.monotonic() >= deadline:
-                raise _timeout_error(limits)
-            with _translated(limits, downloading=True):
-                done: dict[str, Any] = ydl.process_ie_result(info, download=True)
-        downloaded = _downloaded_file(done, limits)
-        size = downloaded.stat().st_size
-        if size > limits.max_bytes:
-            raise _too_large(limits, size)
-        if size == 0:
-            raise DownloadError("could not download the link: the server sent an empty file")
-        suffix = downloaded.suffix.lower()
-        final = dest_dir / (INPUT_STEM + (suffix if _SAFE_SUFFIX.fullmatch(suffix) else ""))
-        os.replace(downloaded, final)
-        return Fetched(
-            path=final,
-            title=clean_title(info.get("title")),
-            extractor=str(info.get("extractor") or "unknown"),
-        )
+        # The proxy waits a little longer than yt-dlp, whose own timeout is then what fires.
+        with GuardedProxy(policy, timeout_s=socket_timeout + 1.0) as proxy:
+            return _download(url, dest_dir, work, limits, deadline, socket_timeout, proxy)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _download(
+    url: str,
+    dest_dir: Path,
+    work: Path,
+    limits: FetchLimits,
+    deadline: float,
+    socket_timeout: float,
+    proxy: GuardedProxy,
+) -> Fetched:
+    options = _options(work, limits, socket_timeout, _guard(deadline, limits.max_bytes))
+    options["proxy"] = proxy.url
+    with yt_dlp.YoutubeDL(options) as ydl:
+        with _translated(limits, proxy, downloading=False):
+            raw = ydl.extract_info(url, download=False, process=False)
+            # Refused before processing, which would list every entry of the playlist.
+            _refuse_playlist(raw)
+            info: dict[str, Any] = ydl.process_ie_result(raw, download=False)
+        _refuse_playlist(info)
+        _check_info(info, limits)
+        if time.monotonic() >= deadline:
+            raise _timeout_error(limits)
+        with _translated(limits, proxy, downloading=True):
+            done: dict[str, Any] = ydl.process_ie_result(info, download=True)
+    downloaded = _downloaded_file(done, limits)
+    size = downloaded.stat().st_size
+    if size > limits.max_bytes:
+        raise _too_large(limits, size)
+    if size == 0:
+        raise DownloadError("could not download the link: the server sent an empty file")
+    suffix = downloaded.suffix.lower()
+    final = dest_dir / (INPUT_STEM + (suffix if _SAFE_SUFFIX.fullmatch(suffix) else ""))
+    os.replace(downloaded, final)
+    return Fetched(
+        path=final,
+        title=clean_title(info.get("title")),
+        extractor=str(info.get("extractor") or "unknown"),
+    )
+
+
 def _options(
-    work: Path, limits: FetchLimits, remaining_s: float, hook: Callable[[dict[str, Any]], None]
+    work: Path, limits: FetchLimits, socket_timeout: float, hook: Callable[[dict[str, Any]], None]
 ) -> dict[str, Any]:
     return {
         "outtmpl": {"default": f"{INPUT_STEM}.%(ext)s"},
@@ -250,7 +225,7 @@ def _options(
         "noplaylist": True,
         "extract_flat": "in_playlist",
         "max_filesize": limits.max_bytes,
-        "socket_timeout": max(0.1, min(MAX_SOCKET_TIMEOUT_S, remaining_s)),
+        "socket_timeout": socket_timeout,
         # We retry ourselves, after classifying the error.
         "retries": 0,
         "fragment_retries": 0,
@@ -323,13 +298,18 @@ def _downloaded_file(done: dict[str, Any], limits: FetchLimits) -> Path:
 
 
 @contextmanager
-def _translated(limits: FetchLimits, *, downloading: bool) -> Iterator[None]:
-    """Turn whatever yt-dlp raises inside the block into our errors or :class:`_Transient`."""
+def _translated(limits: FetchLimits, proxy: GuardedProxy, *, downloading: bool) -> Iterator[None]:
+    """Turn whatever yt-dlp raises inside the block into our errors or :class:`_Transient`.
+    What the proxy saw comes first: yt-dlp only sees its 403 or 502."""
     try:
         yield
     except (StemifyError, _Transient):
         raise
     except Exception as e:
+        if proxy.error is not None:
+            raise proxy.error from None
+        if proxy.failure is not None:
+            raise _Transient(proxy.failure) from e
         raise _classify(e, limits, downloading=downloading) from e
 
 

@@ -20,6 +20,7 @@ from typing import ClassVar, Literal
 from sqlalchemy.exc import SQLAlchemyError
 
 from stemify.audio import probe
+from stemify.audio.limits import media_limits
 from stemify.engine import CancelToken, Progress, separate_file
 from stemify.errors import (
     AudioLimitError,
@@ -33,6 +34,7 @@ from stemify.formatting import check_duration, format_duration
 from stemify.jobs.fetch import FetchLimits, fetch_url
 from stemify.jobs.model import Job, JobStatus, Stage, StemFile
 from stemify.jobs.store import now_utc, stale_cutoff
+from stemify.jobs.urlguard import url_policy
 from stemify.observability.logging import bind, bound
 from stemify.observability.sentry import job_scope
 from stemify.services import Services, complete_from_cache, publish_job, send_webhook
@@ -207,6 +209,7 @@ class JobRunner:
             options,
             on_progress=_Reporter(services, job, self.worker_id),
             cancel=watch.token,
+            limits=media_limits(settings),
         )
         seconds.update(result.stage_seconds)
 
@@ -247,11 +250,11 @@ class JobRunner:
             job.source_url,
             scratch / "download",
             limits,
-            allow_loopback=settings.allow_loopback_urls,
+            policy=url_policy(settings),
         )
         if watch.token.cancelled:
             raise CancelledError()
-        info = probe(fetched.path)
+        info = probe(fetched.path, limits=media_limits(settings))
         check_duration(info.duration_s, settings.max_duration_s, "the linked audio")
         key = f"jobs/{job.id}/input"
         digest = sha256_of(fetched.path)
