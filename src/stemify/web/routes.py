@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
-from stemify.api.auth import ServicesDep
+from stemify.settings import Settings
 
 STATIC_DIR = Path(__file__).parent / "static"
 ASSETS_PATH = "/web/assets"
@@ -29,9 +29,11 @@ async def index() -> FileResponse:
 
 
 @router.get("/web/config")
-async def config(request: Request, services: ServicesDep) -> dict[str, Any]:
+async def config(request: Request) -> dict[str, Any]:
     """Public: the page asks before it has a key whether it needs one."""
-    settings = services.settings
+    # Read from app.state rather than through stemify.api's dependencies: stemify.api imports
+    # this module.
+    settings: Settings = request.app.state.services.settings
     return {
         "auth_required": bool(request.app.state.auth_required),
         "max_upload_mb": settings.max_upload_mb,
