@@ -12,10 +12,22 @@ from typing import Any
 
 import httpx
 import pytest
+import sentry_sdk
+from fastapi.testclient import TestClient
 from harness import Cluster, Receiver, client, submit, wait_for
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+from sentry_sdk.envelope import Envelope
+from sentry_sdk.transport import Transport
 from test_service_distributed import distributed_env
 from test_service_embedded import embedded_env
+
+from stemify import __version__
+from stemify.api.app import create_app
+from stemify.observability.sentry import init_sentry
+from stemify.services import build_services
+from stemify.settings import Settings
+from stemify.worker.pool import EmbeddedWorkers
 
 MakeAudio = Callable[..., Path]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -198,3 +210,87 @@ def test_worker_process_metrics_reach_the_api(distributed: Cluster, make_audio: 
     assert value(samples, "stemify_jobs_finished_total", **succeeded) == 1
     worker_lines = json_lines(worker.output())
     assert any(line.get("job_id") == job["id"] for line in worker_lines)
+
+
+class RecordingTransport(Transport):
+    """A Sentry transport that keeps envelopes instead of sending them: the real client
+    builds, scopes and filters events, nothing goes over the network."""
+
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        super().__init__(options)
+        self.envelopes: list[Envelope] = []
+
+    def capture_envelope(self, envelope: Envelope) -> None:
+        self.envelopes.append(envelope)
+
+    def events(self) -> list[dict[str, Any]]:
+        found = [e.get_event() for e in self.envelopes]
+        return [event for event in found if event is not None]
+
+
+@pytest.fixture
+def recording_sentry() -> Iterator[RecordingTransport]:
+    transport = RecordingTransport()
+    yield transport
+    sentry_sdk.get_client().close()
+    sentry_sdk.init(dsn=None)  # the rest of the test session runs without a client
+
+
+def test_a_failing_job_is_reported_once_with_its_id(
+    tmp_path: Path,
+    broken_model_dir: Path,
+    make_audio: MakeAudio,
+    recording_sentry: RecordingTransport,
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        model_dir=broken_model_dir,
+        default_model="tiny",
+        secret_key=SecretStr("sentry-test-secret"),
+        # Never contacted: the recording transport replaces the HTTP one.
+        sentry_dsn=SecretStr("http://public@127.0.0.1:9/1"),
+        sentry_environment="test",
+        heartbeat_interval_s=0.2,
+    )
+    assert init_sentry(settings, transport=recording_sentry)
+    services = build_services(settings)
+    workers = EmbeddedWorkers(services, concurrency=1)
+    workers.start()
+    try:
+        app = create_app(services, auth_required=False)
+        with TestClient(app, base_url="http://testserver/api/v1") as api:
+            song = make_audio("song.wav", seconds=1.0)
+            ok = submit(api, song, model="tiny", shifts="0")
+            broken = submit(api, song, model="tiny6")
+            for job in (ok, broken):
+                deadline = time.monotonic() + 60
+                while api.get(f"/jobs/{job['id']}").json()["status"] in (
+                    "queued", "running",
+                ):  # fmt: skip
+                    assert time.monotonic() < deadline, "the job did not finish"
+                    time.sleep(0.1)
+            assert api.get(f"/jobs/{ok['id']}").json()["status"] == "succeeded"
+            failed = api.get(f"/jobs/{broken['id']}").json()
+            assert failed["error"]["code"] == "model_load_failed"
+    finally:
+        workers.stop()
+        services.close()
+    sentry_sdk.flush()
+    events = recording_sentry.events()
+    assert len(events) == 1, events
+    (event,) = events
+    assert event["tags"]["job_id"] == broken["id"]
+    assert event["level"] == "error"
+    assert "model_load_failed" in event["logentry"]["formatted"]
+    assert event["environment"] == "test"
+    assert event["release"] == f"stemify@{__version__}"
+    assert "sentry-test-secret" not in json.dumps(events)
+
+
+def test_sentry_is_off_without_a_dsn(tmp_path: Path) -> None:
+    before = sentry_sdk.get_client()
+    transport = RecordingTransport()
+    assert not init_sentry(Settings(data_dir=tmp_path), transport=transport)
+    assert sentry_sdk.get_client() is before  # no client started
+    sentry_sdk.capture_message("nobody records this")
+    assert transport.envelopes == []

@@ -31,7 +31,6 @@ def init_sentry(settings: Settings, transport: Transport | None = None) -> bool:
         release=f"stemify@{__version__}",
         traces_sample_rate=settings.sentry_traces_sample_rate,
         transport=transport,
-        send_default_pii=False,
         # Log lines become breadcrumbs; ERROR lines become events (each exception once).
         integrations=[LoggingIntegration(event_level=logging.ERROR)],
     )
