@@ -17,7 +17,8 @@ import click
 from stemify.cli.common import fail
 from stemify.errors import StemifyError
 from stemify.jobs.model import JobStatus
-from stemify.jobs.store import hash_key, now_utc
+from stemify.jobs.store import KeyLimits, hash_key, now_utc
+from stemify.redaction import redact_url
 from stemify.settings import Settings
 
 log = logging.getLogger("stemify")
@@ -203,31 +204,99 @@ def keys() -> None:
     """Create, list and revoke API keys."""
 
 
+_LIMIT_OPTIONS = {
+    # option: (KeyLimits field, type, help)
+    "rate": ("rate_per_minute", int, "Job submissions per minute."),
+    "read_rate": ("read_rate_per_minute", int, "Other requests (status, downloads) per minute."),
+    "max_running": ("max_running", int, "Jobs queued or running at once."),
+    "daily_minutes": ("daily_minutes", float, "Minutes of audio per UTC day."),
+}
+
+
+def _limit_options(command: Any) -> Any:
+    """--rate, --read-rate, --max-running, --daily-minutes: a number (0: no limit) or
+    `default` (the STEMIFY_ setting)."""
+    for option, (_, _kind, text) in reversed(_LIMIT_OPTIONS.items()):
+        flag = "--" + option.replace("_", "-")
+        command = click.option(flag, option, metavar="N|default", help=text)(command)
+    return command
+
+
+def _limit_changes(given: dict[str, str | None]) -> dict[str, int | float | None]:
+    changes: dict[str, int | float | None] = {}
+    for option, raw in given.items():
+        if raw is None:
+            continue
+        field, kind, _ = _LIMIT_OPTIONS[option]
+        flag = "--" + option.replace("_", "-")
+        if raw == "default":
+            changes[field] = None
+            continue
+        try:
+            value = kind(raw)
+        except ValueError:
+            fail(f"{flag} takes a number or `default`, not {raw!r}")
+        if value < 0:
+            fail(f"{flag} cannot be negative (0 turns the limit off)")
+        changes[field] = value
+    return changes
+
+
+def _describe_limits(limits: KeyLimits) -> str:
+    def show(value: float | None) -> str:
+        return "default" if value is None else f"{value:g}"
+
+    return (
+        f"rate={show(limits.rate_per_minute)}/min reads={show(limits.read_rate_per_minute)}/min "
+        f"running={show(limits.max_running)} audio={show(limits.daily_minutes)}min/day"
+    )
+
+
 @keys.command("create")
 @click.option("--name", required=True)
 @click.option("--admin", is_flag=True, help="The key sees every caller's jobs.")
-def keys_create(name: str, admin: bool) -> None:
+@_limit_options
+def keys_create(name: str, admin: bool, **limits: str | None) -> None:
     """Create a key and print it once (only its hash is stored)."""
+    own = KeyLimits(**_limit_changes(limits))  # type: ignore[arg-type]
     services = _services(Settings())
     secret = f"sk_{secrets.token_urlsafe(32)}"
     key_id = uuid.uuid4().hex
     prefix = secret[:10]
-    services.store.add_key(key_id, name, hash_key(secret), prefix, admin, now_utc())
+    services.store.add_key(key_id, name, hash_key(secret), prefix, admin, now_utc(), own)
     click.echo(secret)
     click.echo(
-        f"key {prefix}… ({'admin' if admin else 'user'}) created; it is not shown again", err=True
+        f"key {prefix}… ({'admin' if admin else 'user'}; {_describe_limits(own)}) created; "
+        "it is not shown again",
+        err=True,
     )
+
+
+@keys.command("update")
+@click.argument("key")
+@_limit_options
+def keys_update(key: str, **limits: str | None) -> None:
+    """Change a key's limits, by prefix (as listed) or id; `default` follows the settings."""
+    changes = _limit_changes(limits)
+    if not changes:
+        fail("nothing to change: give --rate, --read-rate, --max-running or --daily-minutes")
+    services = _services(Settings())
+    updated = services.store.update_key_limits(key, changes)
+    if updated is None:
+        fail(f"no active key {key!r}")
+    click.echo(f"key {updated.prefix}: {_describe_limits(updated.limits)}")
 
 
 @keys.command("list")
 def keys_list() -> None:
     services = _services(Settings())
-    click.echo(f"{'PREFIX':<12} {'NAME':<24} {'ROLE':<6} {'CREATED':<20} REVOKED")
+    click.echo(f"{'PREFIX':<12} {'NAME':<24} {'ROLE':<6} {'CREATED':<20} {'REVOKED':<17} LIMITS")
     for k in services.store.api_keys():
         revoked = f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "-"
         role = "admin" if k.admin else "user"
         click.echo(
-            f"{k.prefix:<12} {k.name:<24} {role:<6} {k.created_at:%Y-%m-%d %H:%M:%S}  {revoked}"
+            f"{k.prefix:<12} {k.name:<24} {role:<6} {k.created_at:%Y-%m-%d %H:%M:%S}  "
+            f"{revoked:<17} {_describe_limits(k.limits)}"
         )
 
 
@@ -254,10 +323,11 @@ def config() -> None:
 def config_show(as_json: bool) -> None:
     """Every STEMIFY_ setting and its value; secrets are masked."""
     settings = Settings()
-    values = json.loads(settings.model_dump_json())
-    for name in ("database_url", "redis_url", "secret_key"):
-        if values.get(name):
-            values[name] = "**********"
+    # Secret settings print as "**********"; passwords inside any other URL are masked too.
+    values = {
+        name: redact_url(value) if isinstance(value, str) else value
+        for name, value in json.loads(settings.model_dump_json()).items()
+    }
     values["database_url"] = values["database_url"] or "(SQLite in data_dir)"
     if as_json:
         click.echo(json.dumps(values, indent=2))
