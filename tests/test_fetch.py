@@ -177,9 +177,7 @@ def test_link_name_never_reaches_the_disk(
 ) -> None:
     media_server.routes["/..%2F..%2Fevil%0A.mp3"] = Route(mp3, content_type="audio/x-weird;ext")
     dest = tmp_path / "jobs" / "1"
-    fetched = fetch_url(
-        media_server.url("/..%2F..%2Fevil%0A.mp3"), dest, LIMITS, policy=LOOPBACK
-    )
+    fetched = fetch_url(media_server.url("/..%2F..%2Fevil%0A.mp3"), dest, LIMITS, policy=LOOPBACK)
     assert fetched.path.parent == dest
     assert fetched.path.name.startswith("input")
     assert leftovers(dest) == [fetched.path.name]
