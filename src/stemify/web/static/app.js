@@ -3,6 +3,7 @@
 
 import { getConfig, getJob, getModels, saveKey, savedKey, submitJob } from "./api.js";
 import { JobForm } from "./form.js";
+import { sentence } from "./format.js";
 import { History } from "./history.js";
 import { JobView } from "./jobview.js";
 
@@ -34,7 +35,7 @@ async function openJob(id) {
   try {
     view.open(await getJob(id));
   } catch (error) {
-    formError.textContent = error.message;
+    formError.textContent = sentence(error.message);
     needKey(error);
   }
 }
@@ -56,7 +57,7 @@ async function load() {
     }
   } catch (error) {
     form.setModels([], null);
-    formError.textContent = error.message;
+    formError.textContent = sentence(error.message);
     needKey(error);
     return;
   }
@@ -70,7 +71,7 @@ async function submit(event) {
   try {
     data = form.build(config.max_upload_mb);
   } catch (error) {
-    formError.textContent = error.message;
+    formError.textContent = sentence(error.message);
     return;
   }
   form.submit.disabled = true;
@@ -81,7 +82,7 @@ async function submit(event) {
     view.open(job);
   } catch (error) {
     view.hide();
-    formError.textContent = error.message;
+    formError.textContent = sentence(error.message);
     needKey(error);
   } finally {
     form.submit.disabled = false;
@@ -105,7 +106,7 @@ async function start() {
   try {
     config = await getConfig();
   } catch (error) {
-    formError.textContent = error.message;
+    formError.textContent = sentence(error.message);
     return;
   }
   keySection.hidden = !config.auth_required;

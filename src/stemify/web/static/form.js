@@ -8,7 +8,6 @@ export class JobForm {
   constructor() {
     this.form = $("job-form");
     this.file = $("file-input");
-    this.fileName = $("file-name");
     this.url = $("url-input");
     this.model = $("model-select");
     this.description = $("model-description");
@@ -22,13 +21,9 @@ export class JobForm {
     // One source at a time: picking a file clears the link and typing a link clears the file.
     this.file.addEventListener("change", () => {
       if (this.file.files.length) this.url.value = "";
-      this.showFile();
     });
     this.url.addEventListener("input", () => {
-      if (this.url.value) {
-        this.file.value = "";
-        this.showFile();
-      }
+      if (this.url.value) this.file.value = "";
     });
     this.model.addEventListener("change", () => this.showModel());
     for (const radio of this.form.elements["stem-mode"]) {
@@ -49,13 +44,7 @@ export class JobForm {
       if (!event.dataTransfer.files.length) return;
       this.file.files = event.dataTransfer.files;
       this.url.value = "";
-      this.showFile();
     });
-  }
-
-  showFile() {
-    const file = this.file.files[0];
-    this.fileName.textContent = file ? `Chosen: ${file.name}` : "";
   }
 
   // Only installed models can run; the server's default comes first selected.

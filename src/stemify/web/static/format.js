@@ -10,7 +10,8 @@ export function duration(seconds) {
 }
 
 export function remaining(seconds) {
-  if (seconds == null || !Number.isFinite(seconds)) return "";
+  // 0 comes with the first report of a stage, before there is a rate: not worth showing.
+  if (seconds == null || !Number.isFinite(seconds) || seconds <= 0) return "";
   if (seconds < 60) return `about ${Math.max(1, Math.round(seconds))} s left`;
   const minutes = Math.round(seconds / 60);
   return minutes < 90 ? `about ${minutes} min left` : `about ${(seconds / 3600).toFixed(1)} h left`;
@@ -25,6 +26,13 @@ export function bytes(size) {
 
 export function capitalised(text) {
   return text ? text[0].toUpperCase() + text.slice(1).replaceAll("_", " ") : "";
+}
+
+// A server message ("upload is larger than the 500 MB limit") as a sentence.
+export function sentence(text) {
+  if (!text) return "";
+  const capital = text[0].toUpperCase() + text.slice(1);
+  return /[.!?…]$/.test(capital) ? capital : `${capital}.`;
 }
 
 export function when(iso) {

@@ -1,7 +1,7 @@
 // The jobs of the current key, newest first: status, open, delete.
 
 import { deleteJob, listJobs } from "./api.js";
-import { capitalised, jobName, when } from "./format.js";
+import { capitalised, jobName, sentence, when } from "./format.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -36,7 +36,7 @@ export class History {
     try {
       page = await listJobs(cursor);
     } catch (error) {
-      this.error.textContent = `Your jobs could not be listed: ${error.message}`;
+      this.error.textContent = `Your jobs could not be listed. ${sentence(error.message)}`;
       return;
     }
     if (!cursor) this.list.replaceChildren();
@@ -67,7 +67,7 @@ export class History {
         await deleteJob(job.id);
       } catch (error) {
         if (error.status !== 404) {
-          this.error.textContent = `${name} could not be deleted: ${error.message}`;
+          this.error.textContent = `${name} could not be deleted. ${sentence(error.message)}`;
           remove.disabled = false;
           return;
         }

@@ -2,7 +2,7 @@
 
 import { cancelJob } from "./api.js";
 import { followJob, isFinished } from "./events.js";
-import { capitalised, jobName, remaining } from "./format.js";
+import { capitalised, jobName, remaining, sentence } from "./format.js";
 import { ResultView } from "./result.js";
 
 const STAGES = {
@@ -97,7 +97,7 @@ export class JobView {
       }
     } catch (error) {
       if (follow.signal.aborted) return;
-      this.error.textContent = error.message;
+      this.error.textContent = sentence(error.message);
       this.onError(error);
     }
   }
@@ -111,7 +111,7 @@ export class JobView {
   finish(job) {
     this.render(job);
     if (job.status === "failed" && job.error) {
-      this.error.textContent = `${capitalised(job.error.code)}: ${job.error.message}`;
+      this.error.textContent = `${capitalised(job.error.code)}: ${sentence(job.error.message)}`;
     }
     if (job.status === "succeeded") this.result.show(job);
     this.onFinished(job);
@@ -124,7 +124,7 @@ export class JobView {
     try {
       await cancelJob(this.jobId);
     } catch (error) {
-      this.error.textContent = error.message;
+      this.error.textContent = sentence(error.message);
       this.cancel.disabled = false;
     }
   }
