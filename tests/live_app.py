@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from fastapi import FastAPI
 
 from stemify.api import create_app
 from stemify.jobs.model import Job, JobSpec, StemFile
@@ -29,6 +30,7 @@ MakeAudio = Callable[..., Path]
 class Live:
     services: Services
     root: str  # http://127.0.0.1:<port>
+    app: FastAPI
 
     @property
     def store(self) -> JobStore:
@@ -57,7 +59,7 @@ def live_app(settings: Settings, *, auth_required: bool = True) -> Iterator[Live
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield Live(services, f"http://127.0.0.1:{port}")
+        yield Live(services, f"http://127.0.0.1:{port}", app)
     finally:
         server.should_exit = True
         thread.join(timeout=10)
