@@ -231,6 +231,7 @@ def test_page_and_assets_are_served(server: Cluster) -> None:
         "max_upload_mb": 500,
         "max_duration_s": MAX_DURATION_S,
         "default_model": "tiny",
+        "player_max_mb": 1024,
     }
     assert httpx.get(f"{server.base}/web/assets/nothing.js").status_code == 404
 
@@ -361,7 +362,7 @@ def test_link_job_in_two_stem_mode(web: Browsing, make_audio: MakeAudio) -> None
         page.select_option("#two-stem-select", "vocals")
         page.select_option("#format-select", "flac")
         page.click("#submit-button")
-        expect(page.locator("#job-name")).to_have_text(files.url)
+        expect(page.locator("#job-name")).to_contain_text("linked")  # the name in the link
         expect(page.locator("#job-status")).to_have_text("Done — 100 %", timeout=90_000)
         wait_for_mixer(page, ["vocals", "no_vocals"])
         assert files.requests >= 1
@@ -386,6 +387,7 @@ def test_open_cancel_and_delete_from_history(
     screenshot(page, "web-progress")
     page.click("#cancel-button")
     expect(page.locator("#job-status")).to_have_text("Canceled.", timeout=30_000)
+    expect(page.locator("#job-announce")).to_have_text("Canceled.")  # for screen readers
     assert page.is_hidden("#cancel-button")
     assert wait_for(api, job["id"])["status"] == "canceled"
 
@@ -400,7 +402,9 @@ def test_open_cancel_and_delete_from_history(
 def test_api_key_field_when_auth_is_required(
     browser: Browser, model_dir: Path, tmp_path: Path, make_audio: MakeAudio
 ) -> None:
-    cluster = Cluster(tmp_path, web_env(tmp_path, model_dir, STEMIFY_AUTH="required"))
+    # A player budget of 1 MB, less than this job's stems take decoded (3 MB): downloads only.
+    env = web_env(tmp_path, model_dir, STEMIFY_AUTH="required", STEMIFY_WEB_PLAYER_MAX_MB="1")
+    cluster = Cluster(tmp_path, env)
     try:
         created = cluster.cli("keys", "create", "--name", "web")
         assert created.returncode == 0, created.stderr
@@ -424,7 +428,12 @@ def test_api_key_field_when_auth_is_required(
         page.set_input_files("#file-input", str(make_audio("keyed.wav", seconds=2.0)))
         page.click("#submit-button")
         expect(page.locator("#job-status")).to_have_text("Done — 100 %", timeout=90_000)
-        wait_for_mixer(page, FOUR_STEMS)
+        expect(page.locator("#mixer-status")).to_have_text(
+            "Too long to play here: the stems would take 3 MB of memory in the browser, more "
+            "than the 1 MB this server allows. Download them instead."
+        )
+        assert page.is_disabled("#play-button")
+        assert page.locator("#mixer .download").count() == 4
         expect(page.locator("#history > li")).to_have_count(1)
         # Download links are signed: a plain link, as the browser follows it, needs no key.
         href = page.eval_on_selector("li[data-stem=bass] .download", "a => a.href")

@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     max_upload_mb: int = 500
     max_duration_s: float = 7200.0
 
+    # ---- web page (H4; stemify.web)
+    # Memory the page's player may take for decoded stems (float32 stereo at 48 kHz, 23 MB per
+    # stem-minute); a larger result gets download links only. 1024: 4 stems of 11 minutes.
+    web_player_max_mb: int = Field(default=1024, ge=0)
+
     # ---- links and hostile media (H1; stemify.jobs.urlguard, stemify.audio.limits)
     # Domains links may point to (a domain allows its subdomains); empty: any public host.
     url_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -39,6 +39,7 @@ async def config(request: Request) -> dict[str, Any]:
         "max_upload_mb": settings.max_upload_mb,
         "max_duration_s": settings.max_duration_s,
         "default_model": settings.default_model,
+        "player_max_mb": settings.web_player_max_mb,
     }
 
 

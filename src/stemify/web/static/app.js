@@ -12,7 +12,7 @@ const $ = (id) => document.getElementById(id);
 const formError = $("form-error");
 const keySection = $("key-section");
 const keyInput = $("api-key");
-let config = { auth_required: false, max_upload_mb: 0 };
+let config = { auth_required: false, max_upload_mb: 0, player_max_mb: 0 };
 
 const form = new JobForm();
 const history = new History({
@@ -22,6 +22,7 @@ const history = new History({
 const view = new JobView({
   onFinished: () => history.refresh(),
   onError: needKey,
+  playerMaxMb: () => config.player_max_mb,
 });
 
 function needKey(error) {

@@ -37,11 +37,13 @@ function statusText(job) {
 }
 
 export class JobView {
-  constructor({ onFinished, onError }) {
+  constructor({ onFinished, onError, playerMaxMb }) {
     this.section = $("job-section");
     this.name = $("job-name");
     this.progress = $("job-progress");
     this.status = $("job-status");
+    this.announce = $("job-announce");
+    this.announced = "";
     this.cancel = $("cancel-button");
     this.error = $("job-error");
     this.result = new ResultView();
@@ -49,6 +51,7 @@ export class JobView {
     this.jobId = null;
     this.onFinished = onFinished;
     this.onError = onError;
+    this.playerMaxMb = playerMaxMb;
     this.cancel.addEventListener("click", () => this.requestCancel());
   }
 
@@ -59,6 +62,8 @@ export class JobView {
     this.result.clear();
     this.section.hidden = false;
     this.name.textContent = name;
+    this.announced = "";
+    this.announce.textContent = "";
     this.error.textContent = "";
     this.cancel.hidden = true;
     this.cancel.disabled = false;
@@ -106,6 +111,12 @@ export class JobView {
     this.progress.value = job.progress;
     this.status.textContent = statusText(job);
     this.cancel.hidden = isFinished(job);
+    // A screen reader hears each stage once, not every percent.
+    const moment = `${job.status} ${job.stage}`;
+    if (moment !== this.announced) {
+      this.announced = moment;
+      this.announce.textContent = statusText(job);
+    }
   }
 
   finish(job) {
@@ -113,7 +124,7 @@ export class JobView {
     if (job.status === "failed" && job.error) {
       this.error.textContent = `${capitalised(job.error.code)}: ${sentence(job.error.message)}`;
     }
-    if (job.status === "succeeded") this.result.show(job);
+    if (job.status === "succeeded") this.result.show(job, this.playerMaxMb());
     this.onFinished(job);
   }
 

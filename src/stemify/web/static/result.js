@@ -7,9 +7,8 @@ import { Mixer } from "./mixer.js";
 import { qualityLines } from "./quality.js";
 import { keepDrawn } from "./waveform.js";
 
-// Decoded stems take 8 bytes per sample frame each in the browser: past this a phone would run
-// out of memory, so longer songs get download links only.
-const MAX_PLAYABLE_S = 15 * 60;
+// What decoding takes in the browser: float32 stereo at the usual 48 kHz of an AudioContext.
+const DECODED_BYTES_PER_S = 48000 * 2 * 4;
 
 const $ = (id) => document.getElementById(id);
 
@@ -59,7 +58,8 @@ export class ResultView {
     this.section.hidden = true;
   }
 
-  show(job) {
+  // playerMaxMb: the server's budget for decoded stems; past it, downloads only.
+  show(job, playerMaxMb) {
     this.clear();
     for (const stem of job.stems) this.list.append(this.row(stem));
     this.zip.href = job.zip_url;
@@ -69,10 +69,12 @@ export class ResultView {
       this.quality.append(item);
     }
     this.section.hidden = false;
-    const length = job.input && job.input.duration_s;
-    if (length && length > MAX_PLAYABLE_S) {
+    const length = (job.input && job.input.duration_s) || 0;
+    const needMb = (length * job.stems.length * DECODED_BYTES_PER_S) / 1048576;
+    if (needMb > playerMaxMb) {
       this.status.textContent =
-        `This song is longer than ${MAX_PLAYABLE_S / 60} minutes, too long to play in the browser: download the stems instead.`;
+        `Too long to play here: the stems would take ${Math.ceil(needMb)} MB of memory in the ` +
+        `browser, more than the ${playerMaxMb} MB this server allows. Download them instead.`;
       return;
     }
     this.load(job);
