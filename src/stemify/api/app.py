@@ -8,6 +8,7 @@ from fastapi import FastAPI
 from stemify import __version__
 from stemify.api import routes_downloads, routes_jobs, routes_system, routes_usage
 from stemify.api.edge import EdgeApp, install_edge
+from stemify.api.error_schema import error_responses
 from stemify.api.errors import install_error_handlers
 from stemify.api.rate_limits import RateLimiter
 from stemify.observability import http as observability
@@ -37,6 +38,7 @@ def create_app(services: Services, *, auth_required: bool) -> FastAPI:
         ),
         docs_url="/docs",
         redoc_url=None,
+        responses=error_responses(),  # the one error shape, on every route
         openapi_url="/openapi.json",
     )
     app.state.services = services
