@@ -252,6 +252,11 @@ def test_empty_form_lists_installed_models(web: Browsing) -> None:
     assert boxes == [*FOUR_STEMS, "guitar", "piano"]
     page.click("#submit-button")
     expect(page.locator("#form-error")).to_have_text("Choose a file or paste a link first.")
+    page.fill("#url-input", "https://example.invalid/song.mp3")
+    for box in page.locator("#stem-choices input").all():
+        box.uncheck()
+    page.click("#submit-button")
+    expect(page.locator("#form-error")).to_have_text("Pick at least one stem.")
 
 
 def test_upload_progress_mixer_and_downloads(
@@ -403,7 +408,13 @@ def test_api_key_field_when_auth_is_required(
     browser: Browser, model_dir: Path, tmp_path: Path, make_audio: MakeAudio
 ) -> None:
     # A player budget of 1 MB, less than this job's stems take decoded (3 MB): downloads only.
-    env = web_env(tmp_path, model_dir, STEMIFY_AUTH="required", STEMIFY_WEB_PLAYER_MAX_MB="1")
+    env = web_env(
+        tmp_path,
+        model_dir,
+        STEMIFY_AUTH="required",
+        STEMIFY_WEB_PLAYER_MAX_MB="1",
+        STEMIFY_MAX_UPLOAD_MB="1",
+    )
     cluster = Cluster(tmp_path, env)
     try:
         created = cluster.cli("keys", "create", "--name", "web")
@@ -425,6 +436,13 @@ def test_api_key_field_when_auth_is_required(
         page.fill("#api-key", key.group(0))
         page.click("#key-form button[type=submit]")
         expect(page.locator("#model-select option")).to_have_count(3)
+        # A file over the upload limit is refused before it is sent.
+        big = {"name": "big.wav", "mimeType": "audio/wav", "buffer": b"\0" * (3 << 20)}
+        page.set_input_files("#file-input", files=[big])
+        page.click("#submit-button")
+        expect(page.locator("#form-error")).to_have_text(
+            "The file big.wav is 3 MB; this server takes files up to 1 MB."
+        )
         page.set_input_files("#file-input", str(make_audio("keyed.wav", seconds=2.0)))
         page.click("#submit-button")
         expect(page.locator("#job-status")).to_have_text("Done — 100 %", timeout=90_000)

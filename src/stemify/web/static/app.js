@@ -72,7 +72,7 @@ async function submit(event) {
   try {
     data = form.build(config.max_upload_mb);
   } catch (error) {
-    formError.textContent = sentence(error.message);
+    formError.textContent = error.message; // the page's own sentence
     return;
   }
   form.submit.disabled = true;

@@ -113,7 +113,7 @@ export class JobForm {
       // The server counts MB as MiB.
       if (maxUploadMb && file.size > maxUploadMb * 1048576) {
         const size = (file.size / 1048576).toFixed(0);
-        throw new Error(`${file.name} is ${size} MB; this server takes files up to ${maxUploadMb} MB.`);
+        throw new Error(`The file ${file.name} is ${size} MB; this server takes files up to ${maxUploadMb} MB.`);
       }
       data.append("file", file, file.name);
     } else {
