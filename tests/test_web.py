@@ -252,6 +252,19 @@ def test_empty_form_lists_installed_models(web: Browsing) -> None:
     assert boxes == [*FOUR_STEMS, "guitar", "piano"]
     page.click("#submit-button")
     expect(page.locator("#form-error")).to_have_text("Choose a file or paste a link first.")
+    # A file dropped on the zone becomes the upload and clears the link.
+    page.fill("#url-input", "https://example.invalid/song.mp3")
+    page.eval_on_selector(
+        "#drop-zone",
+        """zone => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File(["RIFF"], "dropped.wav", { type: "audio/wav" }));
+            zone.dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true }));
+        }""",
+    )
+    assert page.eval_on_selector("#file-input", "i => i.files[0].name") == "dropped.wav"
+    assert page.input_value("#url-input") == ""
+    page.set_input_files("#file-input", [])
     page.fill("#url-input", "https://example.invalid/song.mp3")
     for box in page.locator("#stem-choices input").all():
         box.uncheck()
