@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from stemify.api.auth import CallerDep, ServicesDep, SubmitterDep, link_signer, visible_job
 from stemify.api.errors import ApiError
 from stemify.api.quotas import check_audio, check_running
+from stemify.api.schemas import JobListOut, JobOut
 from stemify.api.threads import in_thread
 from stemify.api.uploads import (
     FILE_FIELD,
@@ -80,7 +81,10 @@ _SUBMIT_DOC: dict[str, Any] = {
             },
         }
     },
-    "responses": {200: {"description": "Idempotent replay: the job created earlier"}},
+    "responses": {
+        200: {"description": "Idempotent replay: the job created earlier", "model": JobOut}
+    },
+    "response_model": JobOut,
     "status_code": 202,
 }
 
@@ -214,7 +218,7 @@ router.add_api_route(
 # ---- reading -----------------------------------------------------------------------------------
 
 
-@router.get("/jobs", summary="List jobs, newest first")
+@router.get("/jobs", summary="List jobs, newest first", response_model=JobListOut)
 async def list_jobs(
     services: ServicesDep,
     caller: CallerDep,
@@ -236,7 +240,7 @@ async def list_jobs(
     return {"jobs": [_job_dict(services, job) for job in jobs], "next_cursor": next_cursor}
 
 
-@router.get("/jobs/{job_id}", summary="Get a job")
+@router.get("/jobs/{job_id}", summary="Get a job", response_model=JobOut)
 async def get_job(job_id: str, services: ServicesDep, caller: CallerDep) -> dict[str, Any]:
     return _job_dict(services, await visible_job(services, caller, job_id))
 
@@ -303,7 +307,9 @@ async def job_events(
 # ---- canceling and deleting -------------------------------------------------------------------
 
 
-@router.post("/jobs/{job_id}/cancel", status_code=202, summary="Cancel a job")
+@router.post(
+    "/jobs/{job_id}/cancel", status_code=202, summary="Cancel a job", response_model=JobOut
+)
 async def cancel_job(job_id: str, services: ServicesDep, caller: CallerDep) -> JSONResponse:
     job = await visible_job(services, caller, job_id)
     if job.status.finished:

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from stemify.api.auth import CallerDep, ServicesDep
 from stemify.api.quotas import READ, SUBMIT, Limits, seconds_to_midnight
 from stemify.api.rate_limits import RateLimiter
+from stemify.api.schemas import UsageOut
 from stemify.api.threads import in_thread
 from stemify.jobs.store import now_utc
 from stemify.services import Services
@@ -51,6 +52,7 @@ def _usage(
 @router.get(
     "/usage",
     summary="Your limits and usage",
+    response_model=UsageOut,
     description=(
         "Requests per minute (a moving window), jobs queued or running, and minutes of audio "
         "accepted today (UTC). A limit of null means none. Reading this counts as a request."
