@@ -4,6 +4,7 @@ the Redis-shared limiter against the real Redis."""
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator
@@ -12,14 +13,18 @@ from pathlib import Path
 
 import httpx
 import pytest
+from alembic import command
+from alembic.config import Config
 from click.testing import CliRunner, Result
+from harness import free_port
 from live_app import Live, add_key, error_of, live_app, settings_for
+from sqlalchemy import text
 
 from stemify.api.quotas import seconds_to_midnight
 from stemify.api.rate_limits import RateLimiter
 from stemify.cli.main import cli as stemify_cli
 from stemify.jobs.model import Job, JobSpec
-from stemify.jobs.store import JobStore, KeyLimits, hash_key, now_utc
+from stemify.jobs.store import MIGRATIONS, JobStore, KeyLimits, hash_key, now_utc
 
 MakeAudio = Callable[..., Path]
 UNLIMITED = {"rate_per_minute": 0, "read_rate_per_minute": 0, "max_running": 0, "daily_minutes": 0}
@@ -276,3 +281,34 @@ def test_keys_create_update_and_list(tmp_path: Path) -> None:
     key = store.key_by_hash(hash_key(secret))
     store.close()
     assert key is not None and key.limits == KeyLimits(None, None, 2, 90.0)
+
+
+def test_limiter_lets_requests_through_when_redis_is_unreachable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    limiter = RateLimiter(f"redis://:secret-pw@127.0.0.1:{free_port()}/0", "stemify-test")
+    with caplog.at_level(logging.WARNING):
+        assert all(limiter.hit("read", "key:a", 1) is None for _ in range(3))
+    assert "rate limits not enforced" in caplog.text and "secret-pw" not in caplog.text
+    assert limiter.window("read", "key:a", 3).remaining == 3
+
+
+def test_upgrade_from_0001_keeps_keys_with_default_limits(store: JobStore) -> None:
+    """A store made by the first release: its keys get NULL limits (the defaults)."""
+    with store.engine.begin() as connection:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0001")
+    with store.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO api_keys (id, name, key_hash, prefix, admin, created_at) "
+                "VALUES ('old', 'old', :hash, 'sk_old', false, :now)"
+            ),
+            {"hash": hash_key("old-secret"), "now": datetime(2026, 1, 1)},
+        )
+    store.migrate()
+    key = store.key_by_hash(hash_key("old-secret"))
+    assert key is not None and key.limits == KeyLimits()
+    assert store.audio_seconds("old", date(2026, 1, 1)) == 0.0

@@ -1,17 +1,25 @@
 """Requests per minute per caller, on the ``limits`` library: a moving window kept in Redis
-when distributed (every API process shares it), in memory in embedded mode."""
+when distributed (every API process shares it), in memory in embedded mode.
+
+When Redis cannot be reached the limiter lets requests through (and says so in the log):
+job status and downloads come from the store and storage, and should not fail because the
+counters are out of reach."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
 
 from limits import RateLimitItemPerMinute
+from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from stemify.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -23,7 +31,9 @@ class Window:
 
 class RateLimiter:
     def __init__(self, storage_uri: str, key_prefix: str) -> None:
-        self._storage = storage_from_string(storage_uri, key_prefix=key_prefix)
+        self._storage = storage_from_string(
+            storage_uri, key_prefix=key_prefix, wrap_exceptions=True
+        )
         self._strategy = MovingWindowRateLimiter(self._storage)
 
     @classmethod
@@ -35,12 +45,22 @@ class RateLimiter:
     def hit(self, bucket: str, identity: str, per_minute: int) -> float | None:
         """Count one request; None when allowed, else the seconds until one is allowed."""
         item = RateLimitItemPerMinute(per_minute)
-        if self._strategy.hit(item, bucket, identity):
+        try:
+            if self._strategy.hit(item, bucket, identity):
+                return None
+            reset = self._strategy.get_window_stats(item, bucket, identity).reset_time
+        except StorageError as exc:
+            log.warning(
+                "rate limits not enforced: their store is unreachable (%s)",
+                type(exc.storage_error).__name__,
+            )
             return None
-        reset = self._strategy.get_window_stats(item, bucket, identity).reset_time
         return max(1.0, math.ceil(reset - time.time()))
 
     def window(self, bucket: str, identity: str, per_minute: int) -> Window:
         item = RateLimitItemPerMinute(per_minute)
-        stats = self._strategy.get_window_stats(item, bucket, identity)
+        try:
+            stats = self._strategy.get_window_stats(item, bucket, identity)
+        except StorageError:
+            return Window(per_minute, per_minute, 0.0)  # unknown: as if unused
         return Window(per_minute, stats.remaining, max(0.0, stats.reset_time - time.time()))
