@@ -3,7 +3,9 @@ processes (and, for Sentry, the real client in this process with a recording tra
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -13,8 +15,9 @@ from typing import Any
 import httpx
 import pytest
 import sentry_sdk
+import structlog
 from fastapi.testclient import TestClient
-from harness import Cluster, Receiver, client, submit, wait_for
+from harness import Cluster, Receiver, client, free_port, submit, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from sentry_sdk.envelope import Envelope
@@ -24,6 +27,7 @@ from test_service_embedded import embedded_env
 
 from stemify import __version__
 from stemify.api.app import create_app
+from stemify.observability.logging import bound, configure_logging
 from stemify.observability.sentry import init_sentry
 from stemify.services import build_services
 from stemify.settings import Settings
@@ -181,7 +185,11 @@ def distributed(
     tmp_path: Path, model_dir: Path, postgres_url: str, redis_url: str, redis_prefix: str
 ) -> Iterator[Cluster]:
     env = distributed_env(tmp_path, model_dir, postgres_url, redis_url, redis_prefix)
-    running = Cluster(tmp_path, {**env, "STEMIFY_LOG_FORMAT": "json"})
+    # Read only by `stemify worker`: its own /metrics, as a worker on another machine would.
+    port = str(free_port())
+    running = Cluster(
+        tmp_path, {**env, "STEMIFY_LOG_FORMAT": "json", "STEMIFY_WORKER_METRICS_PORT": port}
+    )
     yield running
     running.stop()
 
@@ -201,6 +209,9 @@ def test_worker_process_metrics_reach_the_api(distributed: Cluster, make_audio: 
     assert value(samples, "stemify_model_cache_loads_total", model="tiny") == 1
     assert value(samples, "stemify_worker_slots") == 1
     assert value(samples, "stemify_workers_alive") == 1
+    own = scrape(f"http://127.0.0.1:{distributed.env['STEMIFY_WORKER_METRICS_PORT']}")
+    assert value(own, "stemify_jobs_finished_total", **succeeded) == 1
+    assert value(own, "stemify_worker_slots") == 1
 
     worker.stop()
     samples = scrape(distributed.base)
@@ -294,3 +305,43 @@ def test_sentry_is_off_without_a_dsn(tmp_path: Path) -> None:
     assert sentry_sdk.get_client() is before  # no client started
     sentry_sdk.capture_message("nobody records this")
     assert transport.envelopes == []
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    structlog.reset_defaults()
+
+
+def test_log_lines_carry_context_and_never_secrets(restore_logging: None) -> None:
+    out = io.StringIO()
+    configure_logging("INFO", "json", secrets=["sk_live_0123456789abcdef"], stream=out)
+    stdlib = logging.getLogger("stemify.test")
+    with bound(job_id="job-1", request_id="req-1"):
+        stdlib.info("claimed with key %s", "sk_live_0123456789abcdef")
+        structlog.get_logger("stemify.test").warning("fetching", url="https://u:hunter22@h/x")
+    stdlib.debug("below the level")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        stdlib.exception("failed")
+    first, second, third = json_lines(out.getvalue())
+    assert first["event"] == "claimed with key **********"
+    assert (first["job_id"], first["request_id"], first["level"]) == ("job-1", "req-1", "info")
+    assert second["url"] == "https://u:**********@h/x" and second["job_id"] == "job-1"
+    assert "job_id" not in third and "ValueError: boom" in third["exception"]
+    assert "hunter22" not in out.getvalue() and "0123456789abcdef" not in out.getvalue()
+
+    console = io.StringIO()
+    configure_logging("DEBUG", "console", stream=console)
+    with bound(job_id="job-2"):
+        stdlib.debug("decoding")
+    text = console.getvalue()
+    assert "decoding" in text and "job_id=job-2" in text and not text.startswith("{")
