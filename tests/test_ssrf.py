@@ -32,7 +32,9 @@ from stemify.jobs.urlguard import (
     check_submitted_url,
     check_url,
     parse_url,
+    url_policy,
 )
+from stemify.settings import Settings
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -246,6 +248,16 @@ def test_allowlist() -> None:
     ]:
         with pytest.raises(ForbiddenURLError, match=r"this server accepts links to youtube\.com"):
             parse_url(url, policy)
+
+
+def test_allowlist_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STEMIFY_URL_ALLOWLIST", " youtube.com, SoundCloud.com ,")
+    monkeypatch.delenv("STEMIFY_ALLOW_LOOPBACK_URLS", raising=False)
+    policy = url_policy(Settings())
+    assert policy == URLPolicy(allowlist=("youtube.com", "soundcloud.com"))
+    assert not policy.allow_loopback
+    with pytest.raises(ForbiddenURLError):
+        parse_url("https://example.com/a.mp3", policy)
 
 
 # ---- the resolver ---------------------------------------------------------------------------

@@ -245,6 +245,10 @@ def _options(
         "fixup": "never",
         "postprocessors": [],
         "external_downloader": {"default": "native"},
+        # No ffmpeg for yt-dlp at all (a path that does not exist): its HLS downloader would
+        # otherwise hand streams it cannot handle to an ffmpeg that connects on its own,
+        # around the guarded proxy.
+        "ffmpeg_location": str(work / "no-ffmpeg"),
     }
 
 

@@ -9,7 +9,10 @@ with a proxy the handler never resolves or connects to the target itself: it sen
 :func:`~stemify.jobs.urlguard.checked_addresses`, and the socket we open goes to the address
 that was checked — a DNS answer that changes afterwards (rebinding) is never looked up.
 TLS stays end to end (``CONNECT`` is a blind tunnel), so certificates are still verified by
-yt-dlp against the host name.
+yt-dlp against the host name. yt-dlp's other ways around a proxy are closed by
+:mod:`stemify.jobs.fetch`: its per-request proxies come only from ``geo_verification_proxy``
+(never set), and it is given no ffmpeg, so it never delegates a stream to an ffmpeg that
+would connect by itself.
 
 One proxy serves one fetch attempt. It records the first refusal (:attr:`error`) and the
 last network failure (:attr:`failure`) so the caller can report them instead of the generic
