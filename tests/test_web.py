@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import Cluster, FileServer, client, submit, wait_for
+from harness import Cluster, FileServer, client, free_port, submit, wait_for
 from playwright.sync_api import (
     Browser,
     BrowserContext,
@@ -82,6 +82,7 @@ def web_env(tmp: Path, model_dir: Path, **extra: str) -> dict[str, str]:
         "STEMIFY_SECRET_KEY": "web-test-secret",
         "STEMIFY_MAX_DURATION_S": str(MAX_DURATION_S),
         "STEMIFY_HEARTBEAT_INTERVAL_S": "0.5",
+        "STEMIFY_DOWNLOAD_RETRIES": "0",  # a dead link fails at once
         **extra,
     }
 
@@ -388,6 +389,16 @@ def test_link_job_in_two_stem_mode(web: Browsing, make_audio: MakeAudio) -> None
         assert httpx.get(href).headers["content-type"] in ("audio/flac", "audio/x-flac")
     finally:
         files.close()
+
+
+def test_failed_job_shows_its_error(web: Browsing) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/gone.mp3"  # nothing listens there
+    page = web.open()
+    page.fill("#url-input", dead)
+    page.click("#submit-button")
+    expect(page.locator("#job-status")).to_have_text("Failed.", timeout=60_000)
+    expect(page.locator("#job-error")).to_have_text(re.compile(r"^Download failed: .+"))
+    assert page.is_hidden("#result") and page.is_hidden("#cancel-button")
 
 
 def test_open_cancel_and_delete_from_history(

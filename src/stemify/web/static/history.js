@@ -72,7 +72,10 @@ export class History {
           return;
         }
       }
+      // Keyboard focus goes to the next job (or the refresh button), not to the page's top.
+      const next = item.nextElementSibling || item.previousElementSibling;
       item.remove();
+      (next ? next.querySelector(".open") : $("history-refresh")).focus();
       this.empty.hidden = this.list.children.length > 0;
       this.onDeleted(job.id);
     });

@@ -99,6 +99,7 @@ export class JobView {
         this.cancel.hidden = true;
       } else {
         this.finish(last);
+        this.onFinished(last); // only for a job that finished while on screen
       }
     } catch (error) {
       if (follow.signal.aborted) return;
@@ -125,7 +126,6 @@ export class JobView {
       this.error.textContent = `${capitalised(job.error.code)}: ${sentence(job.error.message)}`;
     }
     if (job.status === "succeeded") this.result.show(job, this.playerMaxMb());
-    this.onFinished(job);
   }
 
   async requestCancel() {

@@ -35,9 +35,11 @@ export class Mixer {
     return Math.min(this.duration, this.context.currentTime - this.startedAt);
   }
 
-  async play() {
+  // Synchronous, so a second click cannot start a second set of sources. Sources scheduled
+  // while the context is still resuming start when it runs: its clock stands still until then.
+  play() {
     if (this.playing || !this.tracks.size) return;
-    await this.context.resume();
+    this.context.resume().catch(() => {});
     if (this.offset >= this.duration) this.offset = 0;
     // A little ahead, so every source is scheduled before the first one sounds.
     const when = this.context.currentTime + 0.05;

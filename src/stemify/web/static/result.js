@@ -167,14 +167,14 @@ export class ResultView {
     for (const [name, item] of this.rows) item.dataset.gain = String(this.mixer.gainOf(name));
   }
 
-  async toggle() {
+  toggle() {
     const mixer = this.mixer;
     if (!mixer) return;
     if (mixer.playing) {
       mixer.pause();
       this.playButton.textContent = "Play";
     } else {
-      await mixer.play();
+      mixer.play();
       this.playButton.textContent = "Pause";
       const frame = () => {
         this.tick();
