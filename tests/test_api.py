@@ -713,7 +713,9 @@ def test_delete_removes_the_job_and_its_files(api: Api, make_audio: MakeAudio, s
 
 def test_health(api: Api) -> None:
     response = api.client.get("/health")
-    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+    queue = {"depth": 0, "running": 0, "oldest_queued_age_s": None, "workers_alive": 0}
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "queue": queue, "workers": []}
 
 
 def test_ready(api: Api) -> None:
@@ -731,7 +733,9 @@ def test_ready(api: Api) -> None:
     assert body["queue"]["running"] == 0
     assert body["queue"]["oldest_queued_age_s"] >= 0
     assert [w["id"] for w in body["workers"]] == ["worker-1"]
-    assert set(body["workers"][0]) == {"id", "hostname", "pid", "last_seen", "running"}
+    assert body["queue"]["workers_alive"] == 1
+    fields = {"id", "hostname", "pid", "last_seen", "last_seen_age_s", "running"}
+    assert set(body["workers"][0]) == fields
 
 
 def test_not_ready_without_models(make_api: MakeApi, tmp_path: Path) -> None:
