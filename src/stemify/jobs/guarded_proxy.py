@@ -84,7 +84,8 @@ class GuardedProxy:
         with self._lock:
             self._closed = True
             open_sockets = list(self._sockets)
-        self._server.shutdown()
+        if self._thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()
         # Unblocks handler threads waiting on a stalled server.
         for sock in open_sockets:
@@ -94,11 +95,12 @@ class GuardedProxy:
 
     # ---- called from handler threads
 
-    def track(self, sock: socket.socket) -> bool:
+    def track(self, sock: socket.socket, *, upstream: bool = False) -> bool:
         with self._lock:
             if self._closed:
                 return False
             self._sockets.add(sock)
+            self.connections += upstream
             return True
 
     def untrack(self, sock: socket.socket) -> None:
@@ -190,10 +192,9 @@ class _Handler(socketserver.BaseRequestHandler):
             except OSError as exc:
                 error = exc
                 continue
-            if not proxy.track(upstream):
+            if not proxy.track(upstream, upstream=True):
                 upstream.close()
                 return None
-            proxy.connections += 1
             return upstream
         proxy.failed(_connect_failure(error))
         _answer(
