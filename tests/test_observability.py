@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ import sentry_sdk
 import structlog
 from fastapi.testclient import TestClient
 from harness import Cluster, Receiver, client, free_port, submit, wait_for
+from prometheus_client import values as prometheus_values
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from sentry_sdk.envelope import Envelope
@@ -28,6 +31,7 @@ from test_service_embedded import embedded_env
 from stemify import __version__
 from stemify.api.app import create_app
 from stemify.observability.logging import bound, configure_logging
+from stemify.observability.metrics import enable_multiprocess
 from stemify.observability.sentry import init_sentry
 from stemify.services import build_services
 from stemify.settings import Settings
@@ -345,3 +349,20 @@ def test_log_lines_carry_context_and_never_secrets(restore_logging: None) -> Non
         stdlib.debug("decoding")
     text = console.getvalue()
     assert "decoding" in text and "job_id=job-2" in text and not text.startswith("{")
+
+
+def test_a_process_start_clears_the_files_of_dead_processes(tmp_path: Path) -> None:
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    dead, alive = exited.pid, os.getpid()
+    for name in ("counter", "histogram", "gauge_livesum"):
+        (tmp_path / f"{name}_{dead}.db").write_bytes(b"")
+        (tmp_path / f"{name}_{alive}.db").write_bytes(b"")
+    try:
+        enable_multiprocess(tmp_path)
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            f"counter_{alive}.db", f"gauge_livesum_{alive}.db", f"histogram_{alive}.db",
+        ]  # fmt: skip
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        prometheus_values.ValueClass = prometheus_values.get_value_class()

@@ -45,11 +45,15 @@ RTF_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
 def enable_multiprocess(directory: Path) -> None:
     """Point this process (and prometheus_client) at the shared metrics directory.
 
-    Files of processes that no longer run are removed first: a new process may reuse a dead
-    one's pid, and its live gauges must not count twice. Must run before :class:`Metrics` is
-    built."""
+    Every file of a process that no longer runs is deleted first, counters included: a new
+    process may reuse a dead one's pid, and the directory must not grow with every restart
+    (Prometheus reads the drop in a counter as a reset). Processes still running on this
+    machine keep theirs. Must run before :class:`Metrics` is built."""
     directory.mkdir(parents=True, exist_ok=True)
-    remove_dead(directory)
+    for path in directory.glob("*.db"):
+        pid = _pid_of(path)
+        if pid is not None and not _alive(pid):
+            path.unlink(missing_ok=True)
     os.environ[ENV_VAR] = str(directory)
     # prometheus_client picks its value class when first imported; it may have been imported
     # before this process knew its metrics directory.
@@ -71,14 +75,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _pid_of(path: Path) -> int | None:
+    """The pid in a prometheus_client file name (``counter_1234.db``)."""
+    text = path.stem.rsplit("_", 1)[-1]
+    return int(text) if text.isdigit() else None
+
+
 def remove_dead(directory: Path) -> list[int]:
     """Drop the live gauges of processes that have exited (their counters stay, so totals do
     not fall when a worker stops); returns their pids."""
     dead: set[int] = set()
     for path in directory.glob("*.db"):
-        pid_text = path.stem.rsplit("_", 1)[-1]
-        if pid_text.isdigit() and not _alive(int(pid_text)):
-            dead.add(int(pid_text))
+        pid = _pid_of(path)
+        if pid is not None and not _alive(pid):
+            dead.add(pid)
     for pid in dead:
         multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
     return sorted(dead)
