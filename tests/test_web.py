@@ -372,6 +372,22 @@ def test_bad_file_and_limits_show_the_server_message(web: Browsing, make_audio: 
     expect(page.locator("#form-error")).to_have_text("Url must be an http:// or https:// link.")
 
 
+def test_names_are_text_not_markup(web: Browsing, make_audio: MakeAudio) -> None:
+    clip = make_audio("clip.wav", seconds=1.0)
+    hostile = "<img src=x onerror=alert(1)><b>song.wav"  # no "/": that would cut the name
+    page = web.open()
+    page.set_input_files(
+        "#file-input",
+        files=[{"name": hostile, "mimeType": "audio/wav", "buffer": clip.read_bytes()}],
+    )
+    page.click("#submit-button")
+    expect(page.locator("#job-status")).to_have_text("Done — 100 %", timeout=60_000)
+    name = page.text_content("#job-name") or ""
+    assert "song" in name, name  # shown as text (as sanitised by the server), never parsed
+    for where in ("#job-name", "#history"):
+        assert page.locator(f"{where} img, {where} b").count() == 0
+
+
 def test_link_job_in_two_stem_mode(web: Browsing, make_audio: MakeAudio) -> None:
     files = FileServer(make_audio("linked.mp3", seconds=3.0))
     try:
