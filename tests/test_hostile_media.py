@@ -14,6 +14,7 @@ import io
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import wave
@@ -31,6 +32,7 @@ from test_service_embedded import embedded_env
 from stemify.audio import decode_blocks, probe
 from stemify.audio.decode import _read_full
 from stemify.audio.limits import MediaLimits
+from stemify.audio.probe import limit_hit
 from stemify.errors import AudioLimitError, InvalidAudioError
 
 pytestmark = pytest.mark.timeout(120)
@@ -482,3 +484,12 @@ def test_a_decoder_that_produces_nothing_is_stopped(tmp_path: Path) -> None:
                 _read_full(stream, memoryview(buffer), tmp_path / "stuck.wav", 0.2)
     finally:
         os.close(write_end)
+
+
+def test_cpu_limit_is_named_when_hit() -> None:
+    # A real SIGXCPU needs minutes of decoding; the exit status it leaves is what is mapped.
+    limits = MediaLimits(cpu_s=7)
+    assert limit_hit(-signal.SIGXCPU, "", "ffmpeg", limits) == (
+        "ffmpeg used more than the 7 s CPU time limit"
+    )
+    assert limit_hit(1, "Invalid data found when processing input", "ffmpeg", limits) is None
