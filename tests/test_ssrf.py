@@ -305,6 +305,19 @@ def test_redirect_to_a_forbidden_loopback_port(
     assert not (tmp_path / "job").exists() or list((tmp_path / "job").iterdir()) == []
 
 
+@pytest.mark.parametrize("target", ["http://127.0.0.1:{port}/x", "http://vm:{port}/x"])
+def test_redirect_off_the_allowlist_is_refused(
+    front: Canary, canary: Canary, tmp_path: Path, target: str
+) -> None:
+    # "localhost" is the allowlisted domain here; the canary is reached by other names.
+    policy = URLPolicy(allowlist=("localhost",), allow_loopback=True)
+    link = front.redirect("/song.mp3", target.format(port=canary.port))
+    with pytest.raises(ForbiddenURLError, match=r"this server accepts links to localhost only"):
+        fetch_url(link.replace("127.0.0.1", "localhost"), tmp_path / "job", LIMITS, policy=policy)
+    assert front.requests == ["/song.mp3"]
+    assert canary.requests == []
+
+
 @pytest.mark.parametrize(
     "target",
     [
