@@ -388,6 +388,33 @@ def test_names_are_text_not_markup(web: Browsing, make_audio: MakeAudio) -> None
         assert page.locator(f"{where} img, {where} b").count() == 0
 
 
+def test_cancel_an_upload(web: Browsing, server: Cluster, make_audio: MakeAudio) -> None:
+    api = client(server.base)
+    before = api.get("/jobs", params={"limit": 100}).json()["jobs"]
+    storage = server.tmp / "data" / "storage"
+    files_before = sorted(storage.rglob("*"))
+    page = web.open()
+    # A slow line (200 kB/s) keeps the 1.7 MB upload going long enough to cancel it.
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 200_000},
+    )
+    page.set_input_files("#file-input", str(make_audio("big.wav", seconds=10.0)))
+    page.click("#submit-button")
+    expect(page.locator("#job-status")).to_contain_text("Uploading")
+    page.click("#cancel-button")
+    expect(page.locator("#form-error")).to_have_text("The upload was canceled; nothing was kept.")
+    assert page.is_hidden("#job-section")
+    assert api.get("/jobs", params={"limit": 100}).json()["jobs"] == before
+    # Not even a temporary file (the server may take a moment to notice the disconnect).
+    deadline = time.monotonic() + 10
+    while sorted(storage.rglob("*")) != files_before:
+        assert time.monotonic() < deadline, sorted(storage.rglob("*"))
+        time.sleep(0.1)
+
+
 def test_link_job_in_two_stem_mode(web: Browsing, make_audio: MakeAudio) -> None:
     files = FileServer(make_audio("linked.mp3", seconds=3.0))
     try:

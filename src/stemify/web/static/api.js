@@ -73,9 +73,13 @@ export async function fetchBytes(url) {
 }
 
 // XMLHttpRequest, not fetch: only it reports upload progress, which a 500 MB file needs.
-export function submitJob(form, onUploadProgress) {
+// Aborting `signal` stops the upload; the server then keeps nothing of it.
+export function submitJob(form, onUploadProgress, signal) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
+    signal.addEventListener("abort", () => xhr.abort(), { once: true });
+    xhr.addEventListener("abort", () =>
+      reject(new ApiError(0, "aborted", "the upload was canceled; nothing was kept")));
     xhr.open("POST", `${API}/jobs`);
     for (const [name, value] of Object.entries(headers())) xhr.setRequestHeader(name, value);
     xhr.responseType = "json";

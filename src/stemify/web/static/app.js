@@ -76,9 +76,10 @@ async function submit(event) {
     return;
   }
   form.submit.disabled = true;
-  view.showUpload(form.sourceName(), 0);
+  const upload = new AbortController();
+  view.startUpload(form.sourceName(), upload);
   try {
-    const job = await submitJob(data, (fraction) => view.showUpload(form.sourceName(), fraction));
+    const job = await submitJob(data, (fraction) => view.showUpload(fraction), upload.signal);
     history.refresh();
     view.open(job);
   } catch (error) {

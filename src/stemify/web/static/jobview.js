@@ -58,6 +58,7 @@ export class JobView {
   reset(name) {
     if (this.follow) this.follow.abort();
     this.follow = null;
+    this.upload = null;
     this.jobId = null;
     this.result.clear();
     this.section.hidden = false;
@@ -69,8 +70,15 @@ export class JobView {
     this.cancel.disabled = false;
   }
 
-  showUpload(name, fraction) {
-    if (fraction === 0) this.reset(name);
+  // upload: the AbortController of the upload, which the cancel button then stops.
+  startUpload(name, upload) {
+    this.reset(name);
+    this.upload = upload;
+    this.cancel.hidden = false;
+    this.showUpload(0);
+  }
+
+  showUpload(fraction) {
     this.progress.value = fraction * 100;
     this.status.textContent = `Uploading — ${Math.floor(fraction * 100)} %`;
   }
@@ -129,6 +137,10 @@ export class JobView {
   }
 
   async requestCancel() {
+    if (this.upload) {
+      this.upload.abort();
+      return;
+    }
     if (!this.jobId) return;
     this.cancel.disabled = true;
     this.status.textContent = "Canceling…";

@@ -164,7 +164,11 @@ export class ResultView {
 
   // Each row shows the gain its node has now (data-gain), so what is heard can be checked.
   showGains() {
-    for (const [name, item] of this.rows) item.dataset.gain = String(this.mixer.gainOf(name));
+    for (const [name, item] of this.rows) {
+      const gain = this.mixer.gainOf(name);
+      item.dataset.gain = String(gain);
+      item.classList.toggle("silent", gain === 0);
+    }
   }
 
   toggle() {
