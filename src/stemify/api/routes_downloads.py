@@ -33,8 +33,9 @@ router = APIRouter(tags=["downloads"])
 
 # ---- access: a signed link, or an API key as for every other route ----------------------------
 
+# A string, so that a tampered expiry is a 403 like any other tampering, not a 422.
 ExpiresQuery = Annotated[
-    int | None, Query(description="Signed link: expiry (Unix seconds), as given in the job")
+    str | None, Query(description="Signed link: expiry (Unix seconds), as given in the job")
 ]
 SigQuery = Annotated[str | None, Query(description="Signed link: signature, as given in the job")]
 _SIGNED_DOC = (
@@ -49,7 +50,7 @@ async def _downloadable(
     secret: str | None,
     job_id: str,
     stem: str | None,
-    expires: int | None,
+    expires: str | None,
     sig: str | None,
 ) -> Job:
     if expires is None and sig is None:
@@ -58,7 +59,9 @@ async def _downloadable(
         return await visible_job(services, caller, job_id)
     if expires is None or sig is None:
         raise ApiError(403, "forbidden", "a signed link needs both `expires` and `sig`")
-    refusal = link_signer(services).verify(job_id, target_of(stem), expires, sig, now_utc())
+    if not (expires.isascii() and expires.isdigit() and len(expires) <= 12):
+        raise ApiError(403, "forbidden", "the link's expiry is not valid")
+    refusal = link_signer(services).verify(job_id, target_of(stem), int(expires), sig, now_utc())
     if refusal:
         raise ApiError(403, "forbidden", refusal)
     job: Job | None = await in_thread(services.store.get, job_id)
