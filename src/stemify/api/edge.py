@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any, cast
 
 from fastapi import FastAPI
+from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from stemify.api.body_limit import BodyLimitMiddleware
+from stemify.api.errors import error_response
 from stemify.api.security_headers import SecurityHeadersMiddleware
 from stemify.settings import Settings
 
@@ -37,12 +40,25 @@ class EdgeApp(FastAPI):
         return stack
 
 
+class _CORSMiddleware(CORSMiddleware):
+    """Starlette's, with a refused preflight in the one error shape."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        refused = bytes(response.body).decode()  # "Disallowed CORS origin, headers"
+        headers = {k: v for k, v in response.headers.items() if k.startswith("access-control-")}
+        message = refused.replace("Disallowed CORS", "this cross-origin request is not allowed:")
+        return error_response(400, "bad_request", message, headers)
+
+
 def install_edge(app: FastAPI, settings: Settings, *, uploads: list[str]) -> None:
     """``uploads``: paths whose POST bodies are capped by the upload limit instead."""
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_kb << 10, uploads=uploads)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            _CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["X-API-Key", "Authorization", "Idempotency-Key", "Content-Type"],
