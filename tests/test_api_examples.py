@@ -113,6 +113,9 @@ def service(
                 "STEMIFY_AUTH": "required",
                 "STEMIFY_ALLOW_LOOPBACK_URLS": "1",
                 "STEMIFY_SECRET_KEY": "examples-secret",
+                # A cancel reaches a running job at its worker's next heartbeat: the jobs of
+                # the tiny test models are short, so the examples' cancels must land quickly.
+                "STEMIFY_HEARTBEAT_INTERVAL_S": "0.1",
             },
         ),
     )
