@@ -162,3 +162,13 @@ def test_no_secret_in_logs_errors_or_config_show(
         assert secret not in logs, f"the {name} is in the logs"
         assert secret not in printed, f"the {name} is in `stemify config show`"
     assert not re.search(r"[?&]sig=", logs), "a signed link's signature is in the logs"
+
+
+def test_an_unreachable_database_is_one_line_without_its_password(tmp_path: Path) -> None:
+    url = f"postgresql+psycopg://stemify:{DB_PASSWORD}@127.0.0.1:{free_port()}/stemify"
+    runner = CliRunner(env={"STEMIFY_DATA_DIR": str(tmp_path), "STEMIFY_DATABASE_URL": url})
+    result = runner.invoke(stemify_cli, ["keys", "list"])
+    assert result.exit_code == 1
+    assert "cannot open the database (STEMIFY_DATABASE_URL)" in result.stderr
+    assert "Connection refused" in result.stderr and "Traceback" not in result.output
+    assert DB_PASSWORD not in result.output

@@ -25,12 +25,18 @@ log = logging.getLogger("stemify")
 
 
 def _services(settings: Settings, metrics: Any = None) -> Any:
+    from sqlalchemy.exc import OperationalError
+
     from stemify.services import build_services
 
     try:
         return build_services(settings, metrics)
     except StemifyError as exc:
         fail(exc.message)
+    except OperationalError as exc:
+        # One line, and never the URL: it may hold the password.
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        fail(f"cannot open the database (STEMIFY_DATABASE_URL): {redact_url(reason)}")
 
 
 def _is_loopback(host: str) -> bool:
