@@ -181,6 +181,12 @@ def test_embedded_metrics_logs_and_health(cluster: Cluster, make_audio: MakeAudi
     errors = [line for line in about_broken if line["level"] == "error"]
     assert len(errors) == 1 and "model_load_failed" in errors[0]["event"]
     assert any("claimed" in line["event"] for line in about_broken)
+    # Each submission logs one line tying its request id to the new job's id.
+    submitted = [line for line in lines if "submitted" in line["event"]]
+    assert sorted(line["job_id"] for line in submitted) == sorted(
+        [first["id"], again["id"], broken["id"]]
+    )
+    assert all(len(line["request_id"]) == 32 for line in submitted)
     assert "observability-secret-key" not in serve.output()
 
 

@@ -24,6 +24,7 @@ from stemify.jobs.signing import LinkSigner
 from stemify.jobs.store import JobStore, now_utc
 from stemify.jobs.webhooks import deliver
 from stemify.models import ModelCache, load_model
+from stemify.observability.logging import bound
 from stemify.observability.metrics import Metrics
 from stemify.settings import Settings
 from stemify.storage import Storage, storage_from_url
@@ -135,6 +136,8 @@ def submit_job(services: Services, job: Job) -> Job:
     if not created:
         return stored
     services.metrics.job_submitted(job.spec.model, job.source)
+    with bound(job_id=job.id):  # the line that ties the request id to the job id
+        log.info("job %s submitted (%s, model %s)", job.id, job.source, job.spec.model)
     if job.input_sha256 is not None and complete_from_cache(services, stored):
         done = services.store.get(job.id)
         if done is not None:
@@ -195,12 +198,13 @@ def send_webhook(services: Services, job: Job, *, background: bool = False) -> N
         result = deliver(url, payload, services.secret, attempts=services.settings.webhook_attempts)
         services.metrics.webhook(result.delivered)
         if not result.delivered:
-            log.warning(
-                "webhook for job %s not delivered after %d attempts: %s",
-                job.id,
-                result.attempts,
-                result.error,
-            )
+            with bound(job_id=job.id):  # may run in its own thread, outside the job's context
+                log.warning(
+                    "webhook for job %s not delivered after %d attempts: %s",
+                    job.id,
+                    result.attempts,
+                    result.error,
+                )
 
     if background:
         threading.Thread(target=send, name=f"webhook-{job.id}", daemon=True).start()
