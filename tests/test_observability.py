@@ -30,12 +30,17 @@ from test_service_embedded import embedded_env
 
 from stemify import __version__
 from stemify.api.app import create_app
+from stemify.jobs.events import LocalEventBus
+from stemify.jobs.store import JobStore
+from stemify.models import ModelCache
 from stemify.observability.logging import bound, configure_logging
 from stemify.observability.metrics import enable_multiprocess
 from stemify.observability.sentry import init_sentry
-from stemify.services import build_services
+from stemify.services import Services, build_services
 from stemify.settings import Settings
+from stemify.storage.local import LocalStorage
 from stemify.worker.pool import EmbeddedWorkers
+from stemify.worker.queue import LocalQueue
 
 MakeAudio = Callable[..., Path]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -372,3 +377,29 @@ def test_a_process_start_clears_the_files_of_dead_processes(tmp_path: Path) -> N
     finally:
         os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
         prometheus_values.ValueClass = prometheus_values.get_value_class()
+
+
+def test_health_and_metrics_answer_while_the_store_is_unreachable(
+    tmp_path: Path, model_dir: Path
+) -> None:
+    """Nothing listens on port 1: every store query fails to connect, for real."""
+    settings = Settings(data_dir=tmp_path, model_dir=model_dir, default_model="tiny")
+    services = Services(
+        settings=settings,
+        store=JobStore.from_url("postgresql+psycopg://postgres@127.0.0.1:1/test"),
+        storage=LocalStorage(tmp_path / "storage"),
+        queue=LocalQueue(),
+        events=LocalEventBus(),
+        models=ModelCache(loader=lambda name: None, budget_bytes=1 << 20),
+        secret=b"unreachable-store",
+    )
+    with TestClient(create_app(services, auth_required=False)) as api:
+        health = api.get("/api/v1/health")
+        assert health.status_code == 200
+        assert health.json() == {"status": "ok", "queue": None, "workers": []}
+        ready = api.get("/api/v1/ready")
+        assert ready.status_code == 503 and ready.json()["checks"]["store"]["ok"] is False
+        metrics = api.get("/metrics")
+        assert metrics.status_code == 200
+        assert "stemify_http_requests_total" in metrics.text
+        assert "stemify_queue_depth" not in metrics.text  # unknown, not a made-up 0
