@@ -138,7 +138,9 @@ def test_no_secret_in_logs_errors_or_config_show(
                 assert done["status"] == "succeeded", done
                 assert httpx.get(cluster.base + done["zip_url"]).status_code == 200
                 api.get("/jobs/nope")
-                api.post("/jobs", data={"url": f"http://user:{DB_PASSWORD}@127.0.0.1:1/a.mp3"})
+                link = f"http://user:{DB_PASSWORD}@127.0.0.1:1/a.mp3"  # credentials: refused
+                refused = api.post("/jobs", data={"url": link, "webhook_url": link})
+                assert refused.status_code == 422 and DB_PASSWORD not in refused.text
             with client(cluster.base, api_key + "x") as wrong:
                 assert wrong.get("/jobs").status_code == 401
             shown = [
