@@ -129,8 +129,11 @@ async def _queue_status(services: Services) -> tuple[dict[str, Any] | None, list
             return await anyio.to_thread.run_sync(
                 _queue_and_workers, services, abandon_on_cancel=True
             )
-        except Exception:
-            log.exception("reading queue statistics failed")
+        except Exception as exc:
+            # A warning, not an error: health probes every few seconds during a database
+            # outage must not flood error tracking; /ready says what is wrong.
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            log.warning("reading queue statistics failed: %s", first)
             return None, []
     log.warning("reading queue statistics took over %g s", CHECK_TIMEOUT_S)
     return None, []
