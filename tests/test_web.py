@@ -327,6 +327,14 @@ def test_upload_progress_mixer_and_downloads(
     assert len(quality) == 5 and "add back up to the original" in quality[0]
     assert quality[1].startswith("Drums: peaks at −") and "LUFS" in quality[1]
 
+    # The job is in the address: a reload opens it again.
+    assert page.url.endswith(
+        "#job=" + page.get_attribute("#history > li:first-child", "data-job-id")
+    )
+    page.reload()
+    page.wait_for_selector("body[data-ready=true]")
+    wait_for_mixer(page, FOUR_STEMS)
+
     # The history lists it; on a phone the page fits the screen's width.
     expect(page.locator("#history > li").first).to_have_attribute("data-status", "succeeded")
     phone = web.open(PHONE, device_scale_factor=2, is_mobile=True, has_touch=True)
@@ -462,6 +470,15 @@ def test_open_cancel_and_delete_from_history(
     expect(row).to_have_count(0)
     assert page.is_hidden("#job-section")  # it was the job on screen
     assert api.get(f"/jobs/{job['id']}").status_code == 404
+
+    # A link to a job that is gone says so.
+    web.console.allow(404)
+    assert not page.url.endswith(job["id"])
+    page.goto(f"{server.base}/#job={job['id']}")
+    page.reload()  # a new hash alone does not load the page again
+    page.wait_for_selector("body[data-ready=true]")
+    expect(page.locator("#form-error")).to_have_text(f"Job {job['id']} not found.")
+    assert page.is_hidden("#job-section")
 
 
 def test_api_key_field_when_auth_is_required(

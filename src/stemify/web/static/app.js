@@ -15,12 +15,12 @@ const keyInput = $("api-key");
 let config = { auth_required: false, max_upload_mb: 0, player_max_mb: 0 };
 
 const form = new JobForm();
-const history = new History({
+const jobList = new History({
   onOpen: openJob,
   onDeleted: (id) => view.forget(id),
 });
 const view = new JobView({
-  onFinished: () => history.refresh(),
+  onFinished: () => jobList.refresh(),
   onError: needKey,
   playerMaxMb: () => config.player_max_mb,
 });
@@ -36,6 +36,7 @@ async function openJob(id) {
   try {
     view.open(await getJob(id));
   } catch (error) {
+    view.hide();
     formError.textContent = sentence(error.message);
     needKey(error);
   }
@@ -44,7 +45,7 @@ async function openJob(id) {
 // Models and history need the key when auth is on; without one, say so instead of failing.
 async function load() {
   formError.textContent = "";
-  history.clear();
+  jobList.clear();
   if (config.auth_required && !savedKey()) {
     form.setModels([], null);
     formError.textContent = "Enter your API key above to start.";
@@ -62,7 +63,9 @@ async function load() {
     needKey(error);
     return;
   }
-  await history.refresh();
+  await jobList.refresh();
+  const shown = new URLSearchParams(location.hash.slice(1)).get("job");
+  if (shown) await openJob(shown);
 }
 
 async function submit(event) {
@@ -80,7 +83,7 @@ async function submit(event) {
   view.startUpload(form.sourceName(), upload);
   try {
     const job = await submitJob(data, (fraction) => view.showUpload(fraction), upload.signal);
-    history.refresh();
+    jobList.refresh();
     view.open(job);
   } catch (error) {
     view.hide();

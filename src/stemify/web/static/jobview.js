@@ -86,11 +86,14 @@ export class JobView {
   hide() {
     this.reset("");
     this.section.hidden = true;
+    history.replaceState(null, "", location.pathname);
   }
 
   async open(job) {
     this.reset(jobName(job));
     this.jobId = job.id;
+    // In the address, so a reload or a bookmark opens the job again.
+    history.replaceState(null, "", `#job=${encodeURIComponent(job.id)}`);
     this.render(job);
     this.section.scrollIntoView({ block: "nearest" });
     if (isFinished(job)) {
