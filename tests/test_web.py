@@ -228,6 +228,34 @@ def test_page_and_assets_are_served(server: Cluster) -> None:
     assert httpx.get(f"{server.base}/web/assets/nothing.js").status_code == 404
 
 
+def test_event_stream_reader(web: Browsing) -> None:
+    """The page's SSE parser, on chunks as a network or proxy may cut them."""
+    page = web.open()
+    events = page.evaluate(
+        """async () => {
+            const { readEvents } = await import("/web/assets/events.js");
+            const chunks = [
+                ": keep-alive\\n\\n", "event: job\\r", "\\ndata: {\\"a\\":", "1}\\r\\n\\r", "\\n",
+                "data: one\\ndata: two\\n\\nevent: deleted\\ndata: {}\\n\\n",
+            ];
+            const body = new ReadableStream({
+                start(controller) {
+                    for (const chunk of chunks) controller.enqueue(new TextEncoder().encode(chunk));
+                    controller.close();
+                },
+            });
+            const seen = [];
+            for await (const event of readEvents(body)) seen.push(event);
+            return seen;
+        }"""
+    )
+    assert events == [
+        {"event": "job", "data": '{"a":1}'},
+        {"event": "message", "data": "one\ntwo"},
+        {"event": "deleted", "data": "{}"},
+    ]
+
+
 def test_empty_form_lists_installed_models(web: Browsing) -> None:
     page = web.open()
     assert page.is_hidden("#key-section")  # authentication is off

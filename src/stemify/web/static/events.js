@@ -17,10 +17,14 @@ export function isFinished(job) {
 export async function* readEvents(body) {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
+  let heldCR = ""; // a CR ending a chunk may be half of a CRLF split across chunks
   for (;;) {
     const { value, done } = await reader.read();
     if (done) return;
-    buffer += value.replace(/\r\n?/g, "\n");
+    let text = heldCR + value;
+    heldCR = text.endsWith("\r") ? "\r" : "";
+    if (heldCR) text = text.slice(0, -1);
+    buffer += text.replace(/\r\n?/g, "\n");
     let end;
     while ((end = buffer.indexOf("\n\n")) >= 0) {
       const block = buffer.slice(0, end);
