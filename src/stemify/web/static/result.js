@@ -48,6 +48,7 @@ export class ResultView {
     this.mixer = null;
     this.rows.clear();
     this.list.replaceChildren();
+    delete this.list.dataset.ready;
     this.quality.replaceChildren();
     this.status.textContent = "";
     this.playButton.disabled = true;
