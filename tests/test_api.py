@@ -390,6 +390,8 @@ def test_unknown_or_missing_model_is_422(api: Api, song: Path) -> None:
         ({"overlap": "0.995"}, "overlap"),
         ({"overlap": "nan"}, "overlap"),
         ({"webhook_url": "ftp://example.com/hook"}, "http"),
+        ({"webhook_url": "http://169.254.169.254/latest/meta-data"}, "not allowed"),
+        ({"webhook_url": "http://0x7f.1:8080/hook"}, "dotted-quad"),
         ({"bogus": "1"}, "bogus"),
     ],
 )

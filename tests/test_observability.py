@@ -97,6 +97,7 @@ def cluster(broken_model_dir: Path, tmp_path: Path) -> Iterator[Cluster]:
                 "STEMIFY_SECRET_KEY": "observability-secret-key",
                 "STEMIFY_LOG_FORMAT": "json",
                 "STEMIFY_HEARTBEAT_INTERVAL_S": "0.5",
+                "STEMIFY_ALLOW_LOOPBACK_URLS": "1",  # the webhook receiver
             },
         ),
     )

@@ -130,7 +130,13 @@ def test_webhook_carries_absolute_signed_links(
     receiver = Receiver()
     try:
         with live_app(
-            settings_for(tmp_path, model_dir, secret_key=SECRET, public_url="http://placeholder")
+            settings_for(
+                tmp_path,
+                model_dir,
+                secret_key=SECRET,
+                public_url="http://placeholder",
+                allow_loopback_urls=True,  # the receiver
+            )
         ) as live:
             job = finished_job(live, make_audio)
             job.webhook_url = receiver.url

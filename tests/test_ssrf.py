@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import http.server
 import ipaddress
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,7 @@ class Canary:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.requests: list[str] = []
+        self.bodies: list[bytes] = []
         self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
         outer = self
 
@@ -66,6 +69,10 @@ class Canary:
                 self.wfile.write(body)
 
             do_HEAD = do_GET
+
+            def do_POST(self) -> None:
+                outer.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+                self.do_GET()
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -373,6 +380,27 @@ def test_the_proxy_connects_to_the_address_it_checked() -> None:
     assert calls == ["rebind.example"]
     assert real.requests == ["/song.mp3"]
     assert rebound.requests == []
+
+
+def test_the_proxy_relays_a_body_sent_after_the_head(canary: Canary) -> None:
+    """A POST whose body arrives in a second packet (as webhooks send it) is relayed whole
+    before the proxy waits for the answer; a chunked body is refused."""
+    head = (
+        f"POST {canary.base}/hook HTTP/1.1\r\nHost: 127.0.0.1:{canary.port}\r\n"
+        "Content-Length: 5\r\n\r\n"
+    ).encode()
+    with GuardedProxy(LOOPBACK, timeout_s=5) as proxy:
+        port = int(proxy.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(head)
+            time.sleep(0.2)
+            sock.sendall(b"hello")
+            assert sock.recv(1024).startswith(b"HTTP/1.0 200")
+        chunked = head.replace(b"Content-Length: 5", b"Transfer-Encoding: chunked")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(chunked + b"5\r\nhello\r\n0\r\n\r\n")
+            assert sock.recv(1024).startswith(b"HTTP/1.1 400")
+    assert canary.bodies == [b"hello"]
 
 
 def test_the_proxy_refuses_tunnels_to_forbidden_addresses(canary: Canary) -> None:

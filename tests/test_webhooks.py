@@ -17,12 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
+from stemify.jobs.urlguard import URLPolicy
 from stemify.jobs.webhooks import (
     EVENT_HEADER,
     MAX_RETRY_AFTER_S,
     SIGNATURE_HEADER,
     WebhookResult,
     deliver,
+    deliver_guarded,
     encode_payload,
     sign,
     verify,
@@ -324,3 +326,19 @@ def test_invalid_url_is_a_result_not_an_exception(url: str) -> None:
 def test_attempts_must_be_positive() -> None:
     with pytest.raises(ValueError):
         deliver("http://127.0.0.1:9/", PAYLOAD, SECRET, attempts=0)
+
+
+def test_guarded_delivery_refuses_a_local_receiver(receiver: Receiver) -> None:
+    result = deliver_guarded(receiver.url, PAYLOAD, SECRET, URLPolicy(), attempts=3)
+    assert not result.delivered and result.attempts == 0
+    assert result.error is not None and "not allowed" in result.error
+    assert "127.0.0.1" in result.error
+    assert receiver.deliveries == []  # not one byte reached it
+
+
+def test_guarded_delivery_goes_through_the_checking_proxy(receiver: Receiver) -> None:
+    result = deliver_guarded(receiver.url, PAYLOAD, SECRET, URLPolicy(allow_loopback=True))
+    assert result == WebhookResult(delivered=True, attempts=1, status=200, error=None)
+    [d] = receiver.deliveries
+    assert d.path == "/hooks/stemify" and d.body == encode_payload(PAYLOAD)
+    assert_signed(d)

@@ -22,7 +22,8 @@ from stemify.jobs.model import Job, JobStatus, StemFile
 from stemify.jobs.render import job_to_dict
 from stemify.jobs.signing import LinkSigner
 from stemify.jobs.store import JobStore, now_utc
-from stemify.jobs.webhooks import deliver
+from stemify.jobs.urlguard import url_policy
+from stemify.jobs.webhooks import deliver_guarded
 from stemify.models import ModelCache, load_model
 from stemify.observability.logging import bound
 from stemify.observability.metrics import Metrics
@@ -195,7 +196,13 @@ def send_webhook(services: Services, job: Job, *, background: bool = False) -> N
     url = job.webhook_url
 
     def send() -> None:
-        result = deliver(url, payload, services.secret, attempts=services.settings.webhook_attempts)
+        result = deliver_guarded(
+            url,
+            payload,
+            services.secret,
+            url_policy(services.settings),
+            attempts=services.settings.webhook_attempts,
+        )
         services.metrics.webhook(result.delivered)
         if not result.delivered:
             with bound(job_id=job.id):  # may run in its own thread, outside the job's context

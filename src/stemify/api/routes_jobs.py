@@ -142,7 +142,11 @@ async def _build_job(
         source="upload" if upload is not None else "url",
         created_at=now_utc(),
         owner=owner,
-        webhook_url=check_link(webhook, "webhook_url") if webhook else None,
+        webhook_url=(
+            await in_thread(check_link, webhook, "webhook_url", url_policy(settings))
+            if webhook
+            else None
+        ),
         idempotency_key=idempotency_key,
     )
     if upload is None:

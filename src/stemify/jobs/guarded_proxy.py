@@ -153,6 +153,9 @@ class _Handler(socketserver.BaseRequestHandler):
                 upstream.sendall(rest)
             else:
                 upstream.sendall(_forwarded_request(method, target, lines) + rest)
+                # The whole request body before waiting for an answer: a server waits for it
+                # (a webhook's POST body often arrives after its head).
+                _forward_body(client, upstream, _content_length(lines) - len(rest))
                 response, body = _read_head(upstream)
                 client.sendall(_closing_response(response) + body)
             _relay(client, upstream, proxy.timeout_s)
@@ -242,6 +245,31 @@ def _request(head: bytes) -> tuple[bytes, bytes, list[bytes]]:
     if method != b"CONNECT" and not target.lower().startswith(b"http://"):
         raise _BadRequest  # only absolute http:// targets; https goes through CONNECT
     return method, target, lines
+
+
+def _content_length(lines: list[bytes]) -> int:
+    """The length of the request body. A chunked body is refused: neither yt-dlp nor the
+    webhook sender sends one, and relaying it would mean parsing chunks."""
+    length = 0
+    for line in lines:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"transfer-encoding":
+            raise _BadRequest
+        if name == b"content-length":
+            if not value.strip().isdigit():
+                raise _BadRequest
+            length = int(value.strip())
+    return length
+
+
+def _forward_body(client: socket.socket, upstream: socket.socket, remaining: int) -> None:
+    while remaining > 0:
+        chunk = client.recv(min(_CHUNK, remaining))
+        if not chunk:
+            raise OSError("closed in the middle of the request body")
+        upstream.sendall(chunk)
+        remaining -= len(chunk)
 
 
 def _forwarded_request(method: bytes, target: bytes, lines: list[bytes]) -> bytes:

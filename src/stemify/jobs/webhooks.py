@@ -1,5 +1,10 @@
 """Signed webhook deliveries: a job's outcome POSTed as JSON to the URL its client gave.
 
+Receivers are checked like links (:mod:`stemify.jobs.urlguard`): :func:`deliver_guarded` refuses
+a local or private address and connects only through a
+:class:`~stemify.jobs.guarded_proxy.GuardedProxy`, so a webhook cannot reach inside the network
+either, DNS rebinding included.
+
 The signature header is ``t=<unix time>,v1=<hex HMAC-SHA256 of "<t>." + body>``: the
 timestamp is signed with the body, so a captured delivery cannot be replayed later
 (:func:`verify` rejects it outside ``tolerance_s``). Each attempt is signed afresh.
@@ -15,10 +20,14 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
+
+from stemify.errors import StemifyError
+from stemify.jobs.guarded_proxy import GuardedProxy
+from stemify.jobs.urlguard import URLPolicy, check_url
 
 SIGNATURE_HEADER = "X-Stemify-Signature"
 EVENT_HEADER = "X-Stemify-Event"
@@ -147,6 +156,32 @@ def deliver(
                 delay = backoff_s * 2 ** (attempt - 1)
                 sleep(min(retry_after, MAX_RETRY_AFTER_S) if retry_after is not None else delay)
     return WebhookResult(False, attempts, status, error)
+
+
+def deliver_guarded(
+    url: str,
+    payload: dict[str, Any],
+    secret: bytes,
+    policy: URLPolicy,
+    *,
+    attempts: int = 5,
+    timeout_s: float = 10.0,
+) -> WebhookResult:
+    """:func:`deliver`, to a receiver that ``policy`` allows, over connections that the guarded
+    proxy checks again (the address may change between this check and a retry)."""
+    try:
+        check_url(url, policy)
+    except StemifyError as e:
+        return WebhookResult(False, 0, None, e.message)
+    with (
+        GuardedProxy(policy, timeout_s=timeout_s) as proxy,
+        httpx.Client(proxy=proxy.url, timeout=timeout_s, follow_redirects=False) as http,
+    ):
+        result = deliver(url, payload, secret, client=http, attempts=attempts, timeout_s=timeout_s)
+    if not result.delivered and proxy.error is not None:
+        # The proxy's own answer (403, 502) says less than why it gave it.
+        return replace(result, status=None, error=proxy.error.message)
+    return result
 
 
 def _digest(secret: bytes, body: bytes, timestamp: int) -> str:
