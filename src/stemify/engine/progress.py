@@ -52,7 +52,7 @@ class ProgressTracker:
         self._clock = clock
         self._last = 0.0
         self._stage: Stage | None = None
-        self._stage_started = clock()
+        self._stage_started = self._last_report = clock()
 
     def report(self, stage: Stage, stage_fraction: float) -> None:
         if self._callback is None:
@@ -63,10 +63,12 @@ class ProgressTracker:
         self._last = overall
         now = self._clock()
         if stage != self._stage:
-            self._stage, self._stage_started = stage, now
+            # The work behind this first report began when the previous stage last reported.
+            self._stage, self._stage_started = stage, self._last_report
+        self._last_report = now
         # Only separation has a steady rate worth extrapolating; it is also most of the time.
         eta = None
-        if stage == "separating" and stage_fraction > 0:
-            elapsed = now - self._stage_started
+        elapsed = now - self._stage_started
+        if stage == "separating" and stage_fraction > 0 and elapsed > 0:
             eta = elapsed * (1.0 - stage_fraction) / stage_fraction
         self._callback(Progress(stage=stage, fraction=overall, eta_s=eta))
