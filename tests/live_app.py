@@ -43,12 +43,12 @@ class Live:
 
 
 @contextmanager
-def live_app(settings: Settings, *, auth_required: bool = True) -> Iterator[Live]:
-    services = build_services(settings)
-    app = create_app(services, auth_required=auth_required)
+def serve_in_thread(app: FastAPI, **options: Any) -> Iterator[str]:
+    """``app`` on a real uvicorn server on a free 127.0.0.1 port, in a thread; yields its root
+    URL (http://127.0.0.1:<port>)."""
     config = uvicorn.Config(
         app, host="127.0.0.1", port=0, log_level="warning", lifespan="off",
-        proxy_headers=False, timeout_graceful_shutdown=2,
+        timeout_graceful_shutdown=2, **options,
     )  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -59,11 +59,18 @@ def live_app(settings: Settings, *, auth_required: bool = True) -> Iterator[Live
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
     try:
-        yield Live(services, f"http://127.0.0.1:{port}", app)
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-        services.close()
+
+
+@contextmanager
+def live_app(settings: Settings, *, auth_required: bool = True) -> Iterator[Live]:
+    services = build_services(settings)
+    app = create_app(services, auth_required=auth_required)
+    with serve_in_thread(app, proxy_headers=False) as root:
+        yield Live(services, root, app)
 
 
 def settings_for(tmp: Path, model_dir: Path, **overrides: Any) -> Settings:

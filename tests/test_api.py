@@ -5,13 +5,14 @@ own worker path (claim + succeed) with real audio files put into storage."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
+import itertools
 import json
 import os
 import socket
-import threading
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -22,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
+from live_app import serve_in_thread
 
 from stemify.api import create_app
 from stemify.api.routes_downloads import byte_range
@@ -69,58 +70,43 @@ MakeApi = Callable[..., Api]
 
 @pytest.fixture
 def make_api(tmp_path: Path, model_dir: Path) -> Iterator[MakeApi]:
-    started: list[tuple[uvicorn.Server, threading.Thread, httpx.Client, JobStore]] = []
+    numbers = itertools.count()
+    with contextlib.ExitStack() as stack:
 
-    def make(*, auth_required: bool = False, **overrides: Any) -> Api:
-        index = len(started)
-        data_dir = tmp_path / f"api{index}"
-        data_dir.mkdir()
-        settings = Settings(
-            **{"model_dir": model_dir, "data_dir": data_dir, "default_model": "tiny", **overrides}
-        )
-        store = JobStore.from_url(f"sqlite:///{data_dir}/t.db")
-        store.migrate()
-        storage = LocalStorage(data_dir / "storage")
-        services = Services(
-            settings=settings,
-            store=store,
-            storage=storage,
-            queue=LocalQueue(),
-            events=LocalEventBus(),
-            models=ModelCache(
-                loader=functools.partial(load_model, model_dir=settings.model_dir),
-                budget_bytes=1 << 30,
-            ),
-            secret=b"test-secret",
-        )
-        app = create_app(services, auth_required=auth_required)
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=0,
-            log_level="warning",
-            lifespan="off",
-            timeout_graceful_shutdown=2,
-        )
-        server = uvicorn.Server(config)
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        root = f"http://127.0.0.1:{port}"
-        client = httpx.Client(base_url=f"{root}/api/v1", timeout=20)
-        started.append((server, thread, client, store))
-        return Api(services, storage, client, root)
+        def make(*, auth_required: bool = False, **overrides: Any) -> Api:
+            data_dir = tmp_path / f"api{next(numbers)}"
+            data_dir.mkdir()
+            settings = Settings(
+                **{
+                    "model_dir": model_dir,
+                    "data_dir": data_dir,
+                    "default_model": "tiny",
+                    **overrides,
+                }
+            )
+            store = JobStore.from_url(f"sqlite:///{data_dir}/t.db")
+            stack.callback(store.close)  # closed last: after the server and the client
+            store.migrate()
+            storage = LocalStorage(data_dir / "storage")
+            services = Services(
+                settings=settings,
+                store=store,
+                storage=storage,
+                queue=LocalQueue(),
+                events=LocalEventBus(),
+                models=ModelCache(
+                    loader=functools.partial(load_model, model_dir=settings.model_dir),
+                    budget_bytes=1 << 30,
+                ),
+                secret=b"test-secret",
+            )
+            root = stack.enter_context(
+                serve_in_thread(create_app(services, auth_required=auth_required))
+            )
+            client = stack.enter_context(httpx.Client(base_url=f"{root}/api/v1", timeout=20))
+            return Api(services, storage, client, root)
 
-    yield make
-    for server, thread, client, store in started:
-        client.close()
-        server.should_exit = True
-        thread.join(timeout=10)
-        store.close()
+        yield make
 
 
 @pytest.fixture
