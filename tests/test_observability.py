@@ -344,11 +344,13 @@ def test_log_lines_carry_context_and_never_secrets(restore_logging: None) -> Non
         stdlib.info("claimed with key %s", "sk_live_0123456789abcdef")
         structlog.get_logger("stemify.test").warning("fetching", url="https://u:hunter22@h/x")
     stdlib.debug("below the level")
+    logging.getLogger("uvicorn.error").info("up", extra={"color_message": "\x1b[1mup\x1b[0m"})
     try:
         raise ValueError("boom")
     except ValueError:
         stdlib.exception("failed")
-    first, second, third = json_lines(out.getvalue())
+    first, second, uvicorn_line, third = json_lines(out.getvalue())
+    assert uvicorn_line["event"] == "up" and "color_message" not in uvicorn_line
     assert first["event"] == "claimed with key **********"
     assert (first["job_id"], first["request_id"], first["level"]) == ("job-1", "req-1", "info")
     assert second["url"] == "https://u:**********@h/x" and second["job_id"] == "job-1"

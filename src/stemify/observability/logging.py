@@ -51,6 +51,12 @@ def _renderer(fmt: LogFormat, stream: TextIO) -> Processor:
     return structlog.processors.JSONRenderer()
 
 
+def _drop_color_message(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
+    # Uvicorn passes a copy of its message with terminal colour codes as an extra.
+    event.pop("color_message", None)
+    return event
+
+
 def configure_logging(
     level: str = "INFO",
     fmt: LogFormat = "auto",
@@ -77,7 +83,7 @@ def configure_logging(
         final.remove(structlog.processors.format_exc_info)  # the console prints tracebacks
     formatter = structlog.stdlib.ProcessorFormatter(
         # extra={...} of stdlib calls become fields of the line.
-        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
+        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(), _drop_color_message],
         processors=final,
     )
     handler = logging.StreamHandler(out)
