@@ -89,6 +89,10 @@ def test_tampered_or_expired_links_are_403(live: Live, make_audio: MakeAudio) ->
         "an expired link": f"{urlsplit(good).path}?{signer.query(job.id, 'stem:vocals', past)}",
         "another secret": f"{urlsplit(good).path}?"
         + LinkSigner(b"guess", 3600).query(job.id, "stem:vocals", expires),
+        # What a webhook receiver, who holds the service secret, could compute.
+        "the service secret itself": with_query(
+            good, sig=raw_signature(SECRET.encode(), f"{job.id}\nstem:vocals\n{expires}")
+        ),
         "garbage": with_query(good, sig="%00%ff" * 20),
     }
     with httpx.Client(base_url=live.root, timeout=20) as browser:
@@ -109,11 +113,17 @@ def query_string(url: str) -> str:
     return urlsplit(url).query
 
 
+def raw_signature(key: bytes, message: str) -> str:
+    digest = hmac.new(key, message.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
 def test_signature_is_hmac_sha256_over_job_target_and_expiry() -> None:
     signer = LinkSigner(b"k", 3600)
-    expected = hmac.new(b"k", b"j1\nstem:vocals\n1700000000", hashlib.sha256).digest()
+    link_key = hmac.new(b"k", b"stemify download links v1", hashlib.sha256).digest()
     sig = query("/?" + signer.query("j1", "stem:vocals", 1_700_000_000))["sig"]
-    assert sig == base64.urlsafe_b64encode(expected).decode().rstrip("=")
+    assert sig == raw_signature(link_key, "j1\nstem:vocals\n1700000000")
+    assert sig != raw_signature(b"k", "j1\nstem:vocals\n1700000000")
     now = datetime(2026, 1, 1, 12, 0, 7, tzinfo=UTC)
     # Stable between two reads a few seconds apart (an SSE stream must not see a change)...
     assert signer.expiry(now, None) == signer.expiry(now + timedelta(seconds=5), None)

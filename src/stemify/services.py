@@ -46,8 +46,11 @@ class Services:
     queue: JobQueue
     events: EventBus
     models: ModelCache
-    secret: bytes  # signs webhooks
+    secret: bytes  # signs webhooks; download links use a key derived from it
     metrics: Metrics = field(default_factory=Metrics)
+
+    def link_signer(self) -> LinkSigner:
+        return LinkSigner(self.secret, self.settings.signed_url_ttl_s)
 
     def close(self) -> None:
         self.queue.close()
@@ -191,7 +194,7 @@ def send_webhook(services: Services, job: Job, *, background: bool = False) -> N
         return
     base = (services.settings.public_url or "").rstrip("/") + "/api/v1"
     # Signed links: the receiver downloads the stems without an API key.
-    links = LinkSigner(services.secret, services.settings.signed_url_ttl_s)
+    links = services.link_signer()
     payload = job_to_dict(job, base_url=base, links=links)
     url = job.webhook_url
 

@@ -15,7 +15,6 @@ from stemify.api.quotas import READ, SUBMIT, Limits, check_rate
 from stemify.api.rate_limits import RateLimiter
 from stemify.api.threads import in_thread
 from stemify.jobs.model import Job
-from stemify.jobs.signing import LinkSigner
 from stemify.jobs.store import hash_key
 from stemify.services import Services
 
@@ -30,10 +29,6 @@ def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
-
-
-def link_signer(services: Services) -> LinkSigner:
-    return LinkSigner(services.secret, services.settings.signed_url_ttl_s)
 
 
 @dataclass(frozen=True)

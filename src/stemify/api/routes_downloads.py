@@ -17,7 +17,6 @@ from stemify.api.auth import (
     ServicesDep,
     authenticate,
     limit_rate,
-    link_signer,
     visible_job,
 )
 from stemify.api.errors import ApiError
@@ -61,7 +60,7 @@ async def _downloadable(
         raise ApiError(403, "forbidden", "a signed link needs both `expires` and `sig`")
     if not (expires.isascii() and expires.isdigit() and len(expires) <= 12):
         raise ApiError(403, "forbidden", "the link's expiry is not valid")
-    refusal = link_signer(services).verify(job_id, target_of(stem), int(expires), sig, now_utc())
+    refusal = services.link_signer().verify(job_id, target_of(stem), int(expires), sig, now_utc())
     if refusal:
         raise ApiError(403, "forbidden", refusal)
     job: Job | None = await in_thread(services.store.get, job_id)

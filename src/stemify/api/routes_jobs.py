@@ -17,7 +17,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from stemify.api.auth import CallerDep, ServicesDep, SubmitterDep, link_signer, visible_job
+from stemify.api.auth import CallerDep, ServicesDep, SubmitterDep, visible_job
 from stemify.api.errors import ApiError
 from stemify.api.quotas import check_audio, check_running
 from stemify.api.schemas import JobListOut, JobOut
@@ -90,7 +90,7 @@ _SUBMIT_DOC: dict[str, Any] = {
 
 
 def _job_dict(services: Services, job: Job) -> dict[str, Any]:
-    return job_to_dict(job, links=link_signer(services))  # signed stem and zip links
+    return job_to_dict(job, links=services.link_signer())  # signed stem and zip links
 
 
 def _job_response(services: Services, job: Job, status: int = 200) -> JSONResponse:
