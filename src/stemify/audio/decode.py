@@ -220,9 +220,11 @@ def _read_full(stream: io.RawIOBase, view: memoryview, path: Path, stall_s: floa
     """Fill ``view`` from a pipe, which may return fewer bytes per read; short only at EOF.
     A pipe that stays silent for ``stall_s`` is an ffmpeg stuck on a hostile file."""
     filled = 0
+    # poll, not select: select fails on descriptors above 1024, which a busy server reaches.
+    waiter = select.poll()
+    waiter.register(stream, select.POLLIN)
     while filled < len(view):
-        ready, _, _ = select.select([stream], [], [], stall_s)
-        if not ready:
+        if not waiter.poll(stall_s * 1000):
             raise InvalidAudioError(
                 f"could not decode {path.name}: ffmpeg produced no audio for {stall_s:g} s"
             )
