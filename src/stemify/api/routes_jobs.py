@@ -229,7 +229,7 @@ async def list_jobs(
     status: JobStatus | None = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-) -> dict[str, Any]:
+) -> JSONResponse:
     try:
         jobs, next_cursor = await in_thread(
             services.store.list_jobs,
@@ -241,12 +241,16 @@ async def list_jobs(
         )
     except ValueError:
         raise ApiError(400, "bad_request", "invalid cursor") from None
-    return {"jobs": [_job_dict(services, job) for job in jobs], "next_cursor": next_cursor}
+    return JSONResponse(
+        {"jobs": [_job_dict(services, job) for job in jobs], "next_cursor": next_cursor}
+    )
 
 
+# The response models document the shape; the dicts are returned as JSONResponse, so the
+# hottest route (status polling) does not validate and re-serialise every job.
 @router.get("/jobs/{job_id}", summary="Get a job", response_model=JobOut)
-async def get_job(job_id: str, services: ServicesDep, caller: CallerDep) -> dict[str, Any]:
-    return _job_dict(services, await visible_job(services, caller, job_id))
+async def get_job(job_id: str, services: ServicesDep, caller: CallerDep) -> JSONResponse:
+    return _job_response(services, await visible_job(services, caller, job_id))
 
 
 def _wait_for_event(subscription: Any, timeout: float) -> None:
