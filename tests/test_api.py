@@ -359,6 +359,9 @@ def test_unknown_or_missing_model_is_422(api: Api, song: Path) -> None:
     # Sent before the file, the bad model is refused before the upload is stored.
     error_of(upload(api, song, data={"model": "nope"}), 422, "model_not_found")
     assert api.leftovers() == []
+    inside = {"webhook_url": "http://169.254.169.254/latest"}
+    assert "not allowed" in error_of(upload(api, song, data=inside), 422, "forbidden_url")
+    assert api.leftovers() == []
 
 
 @pytest.mark.parametrize(

@@ -192,6 +192,8 @@ async def submit(
     async def check_early(fields: dict[str, str]) -> None:
         _check_source(fields, has_file=True)
         await in_thread(build_spec, fields, settings.model_dir, settings.default_model)
+        if webhook := fields.get("webhook_url", "").strip():
+            await in_thread(check_link, webhook, "webhook_url", url_policy(settings))
 
     submission = await read_submission(
         request, services.storage, f"jobs/{job_id}/input", settings.max_upload_mb, check_early
