@@ -242,9 +242,6 @@ def test_audio_ledger_counts_uploads_and_links_once(store: JobStore) -> None:
     assert store.audio_seconds("k", today) == 120.0
     store.delete(upload.id)
     assert store.audio_seconds("k", today) == 120.0
-    store.charge_audio(None, today, 5.0)
-    store.charge_audio(None, today, 5.0)
-    assert store.audio_seconds(None, today) == 10.0
     assert store.audio_seconds("k", date(2000, 1, 1)) == 0.0
 
 

@@ -601,10 +601,6 @@ class JobStore:
             row = session.get(AudioUsageRow, (owner or "", day))
             return row.seconds if row else 0.0
 
-    def charge_audio(self, owner: str | None, day: date, seconds: float) -> None:
-        with self._session() as session:
-            self._charge(session, owner, day, seconds)
-
     def _charge(self, session: Session, owner: str | None, day: date, seconds: float) -> None:
         insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
         statement = insert(AudioUsageRow).values(owner=owner or "", day=day, seconds=seconds)
