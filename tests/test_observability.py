@@ -314,6 +314,46 @@ def test_a_failing_job_is_reported_once_with_its_id(
     assert "sentry-test-secret" not in json.dumps(events)
 
 
+def test_sentry_gets_no_secret_signature_or_local_variable(
+    tmp_path: Path, recording_sentry: RecordingTransport
+) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        secret_key=SecretStr("sentry-scrub-secret-value"),
+        sentry_dsn=SecretStr("http://public@127.0.0.1:9/1"),
+    )
+    assert init_sentry(settings, transport=recording_sentry)
+    log = logging.getLogger("stemify.test")
+    log.warning("connecting to redis://:hunter22pw@db:6379/0")  # a breadcrumb
+    signed = "http://testserver/api/v1/jobs/j1/stems/vocals?expires=1&sig=SIGVALUE123"
+    with sentry_sdk.isolation_scope() as scope:
+        # What the ASGI integration attaches to an event raised during a download.
+        scope.add_event_processor(
+            lambda event, _hint: {
+                **event,
+                "request": {"url": signed, "query_string": "expires=1&sig=SIGVALUE123"},
+            }
+        )
+        log.error("failed with key sentry-scrub-secret-value")
+        try:
+            sig = "LOCAL" + "SIG" + str(456)  # built, so only a variable could hold it
+            raise RuntimeError(f"boom at redis://:hunter22pw@db ({len(sig)})")
+        except RuntimeError:
+            sentry_sdk.capture_exception()
+    sentry_sdk.flush()
+    events = recording_sentry.events()
+    assert len(events) == 2, events
+    sent = json.dumps(events)
+    for secret in ("sentry-scrub-secret-value", "hunter22pw", "SIGVALUE123", "LOCALSIG456"):
+        assert secret not in sent, secret
+    assert all(e["request"]["url"] == signed.split("?")[0] for e in events)
+    (logged,) = [e for e in events if "logentry" in e]
+    assert "failed with key **********" in json.dumps(logged["logentry"])
+    assert "boom at redis://:**********@db" in sent
+    crumbs = [c.get("message") for c in logged["breadcrumbs"]["values"]]
+    assert "connecting to redis://:**********@db:6379/0" in crumbs
+
+
 def test_sentry_is_off_without_a_dsn(tmp_path: Path) -> None:
     before = sentry_sdk.get_client()
     transport = RecordingTransport()

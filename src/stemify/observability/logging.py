@@ -9,7 +9,6 @@ that thread or task.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
@@ -18,29 +17,21 @@ from typing import Any, Literal, TextIO
 import structlog
 from structlog.types import EventDict, Processor, WrappedLogger
 
-LogFormat = Literal["auto", "json", "console"]
+from stemify.redaction import Redactor
 
-# user:password@ in any URL that reaches a log line (database, Redis, links).
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@")
-MASK = "**********"
+LogFormat = Literal["auto", "json", "console"]
 
 
 class _Redact:
-    """Replace known secret values and URL passwords wherever they appear in a log line."""
+    """Mask known secret values and URL passwords wherever they appear in a log line."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        # Short values would mask ordinary words; real secrets are long.
-        self._secrets = sorted({s for s in secrets if len(s) >= 8}, key=len, reverse=True)
-
-    def _clean(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, MASK)
-        return _URL_PASSWORD.sub(rf"\g<scheme>\g<user>:{MASK}@", text)
+        self._redactor = Redactor(secrets)
 
     def __call__(self, _logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
         for key, value in event.items():
             if isinstance(value, str):
-                event[key] = self._clean(value)
+                event[key] = self._redactor.clean(value)
         return event
 
 

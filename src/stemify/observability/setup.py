@@ -7,17 +7,12 @@ from pathlib import Path
 from stemify.observability.logging import configure_logging
 from stemify.observability.metrics import Metrics, enable_multiprocess, multiprocess_dir
 from stemify.observability.sentry import init_sentry
+from stemify.redaction import secret_values
 from stemify.settings import Settings
 
 
 def metrics_dir(settings: Settings) -> Path:
     return (settings.metrics_dir or settings.data_dir / "metrics").resolve()
-
-
-def secret_values(settings: Settings) -> list[str]:
-    """Values no log line may show (URL passwords are masked wherever they appear anyway)."""
-    found = [settings.secret_key, settings.database_url, settings.redis_url, settings.sentry_dsn]
-    return [s.get_secret_value() for s in found if s is not None]
 
 
 def start_process(settings: Settings) -> Metrics:
