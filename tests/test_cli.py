@@ -269,3 +269,20 @@ def test_redis_url_check() -> None:
     for url in ("redis://10.1.2.3:6379", "rediss://cache.internal", "redis://user@host:1"):
         with pytest.raises(ConfigurationError, match="without a password"):
             check_redis_url(url, allow_insecure=False)
+
+
+def test_a_bad_setting_is_one_line_naming_it(tmp_path: Path) -> None:
+    env = {**os.environ, "STEMIFY_DATA_DIR": str(tmp_path), "STEMIFY_MAX_BODY_KB": "lots"}
+    env["STEMIFY_URL_ALLOWLIST"] = "youtube.com, a..b"
+    env["STEMIFY_DATABASE_URL"] = "postgresql://u:pw-not-shown@db/x?bad=1"
+    env["STEMIFY_LOG_LEVEL"] = "LOUD"
+    done = subprocess.run(
+        [STEMIFY, "config", "show"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 1 and done.stdout == ""
+    assert "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+    assert done.stderr.startswith("stemify: error: invalid STEMIFY_")
+    assert "invalid STEMIFY_MAX_BODY_KB: Input should be a valid integer" in done.stderr
+    assert "invalid STEMIFY_URL_ALLOWLIST" in done.stderr and "'a..b'" in done.stderr
+    assert "invalid STEMIFY_LOG_LEVEL" in done.stderr
+    assert "pw-not-shown" not in done.stderr

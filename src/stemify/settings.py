@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     # A passwordless Redis on another machine is refused unless this says the network is trusted.
     allow_insecure_redis: bool = False
 
-    # ---- observability: logs, metrics, error tracking (H3; docs/operations/runbook.md)
+    # ---- observability: logs, metrics, error tracking (docs/operations/runbook.md)
     log_format: Literal["auto", "json", "console"] = "auto"  # auto: console on a terminal
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # Shared by `serve` and the `stemify worker` processes of one machine, so /metrics adds them
@@ -59,12 +59,12 @@ class Settings(BaseSettings):
     max_upload_mb: int = 500
     max_duration_s: float = 7200.0
 
-    # ---- web page (H4; stemify.web)
+    # ---- web page (stemify.web)
     # Memory the page's player may take for decoded stems (float32 stereo at 48 kHz, 23 MB per
     # stem-minute); a larger result gets download links only. 1024: 4 stems of 11 minutes.
     web_player_max_mb: int = Field(default=1024, ge=0)
 
-    # ---- links and hostile media (H1; stemify.jobs.urlguard, stemify.audio.limits)
+    # ---- links and hostile media (stemify.jobs.urlguard, stemify.audio.limits)
     # Domains links may point to (a domain allows its subdomains); empty: any public host.
     url_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Every ffprobe/ffmpeg run: address-space limit, CPU seconds, ffprobe wall time, and how
@@ -78,12 +78,13 @@ class Settings(BaseSettings):
     min_samplerate: int = Field(default=8000, ge=1)
     max_samplerate: int = Field(default=384000, ge=1)
 
-    @field_validator("url_allowlist", mode="before")
+    @field_validator("url_allowlist", mode="after")
     @classmethod
-    def _domain_list(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [item.strip() for item in value.split(",") if item.strip()]
-        return value
+    def _domains(cls, value: list[str]) -> list[str]:
+        # Checked here, so a bad entry stops the service at start, not every submission.
+        from stemify.jobs.urlguard import normal_domain
+
+        return [domain for domain in map(normal_domain, value) if domain]
 
     default_model: str = "htdemucs"
     result_ttl_hours: float = 24.0
@@ -106,7 +107,7 @@ class Settings(BaseSettings):
     # Tests serve links from 127.0.0.1; never enable this in production.
     allow_loopback_urls: bool = False
 
-    # ---- abuse limits, signed links and the HTTP edge (H2; see docs/security.md)
+    # ---- abuse limits, signed links and the HTTP edge (see docs/security.md)
     # Per API key; a key's own value (`stemify keys create/update`) wins. 0 turns a limit off.
     rate_submit_per_minute: int = 30
     rate_read_per_minute: int = 600
@@ -122,7 +123,9 @@ class Settings(BaseSettings):
     max_body_kb: int = 64  # every route but job submission, which has max_upload_mb
     hsts_max_age_s: int = 63072000
 
-    @field_validator("preload_models", "cors_origins", "trusted_proxies", mode="before")
+    @field_validator(
+        "preload_models", "cors_origins", "trusted_proxies", "url_allowlist", mode="before"
+    )
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import click
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from stemify import __version__
+from stemify.cli.common import fail
 from stemify.cli.evaluate import evaluate
 from stemify.cli.models import models
 from stemify.cli.separate import separate
@@ -25,4 +28,14 @@ for command in (serve, worker, jobs, keys, config):
 
 
 def main() -> None:
-    cli()
+    try:
+        cli()
+    except ValidationError as e:  # settings are read inside the commands
+        fail("; ".join(_setting_problem(error) for error in e.errors()))
+
+
+def _setting_problem(error: ErrorDetails) -> str:
+    loc = error["loc"]
+    name = f"STEMIFY_{str(loc[0]).upper()}" if loc else "a setting"
+    # The value itself is not repeated: it may be a secret (a URL with a password).
+    return f"invalid {name}: {error['msg']}"

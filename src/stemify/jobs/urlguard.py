@@ -56,7 +56,7 @@ class URLPolicy:
     """With ``allow_loopback``, only these ports when not empty (tests of redirects)."""
 
     def __post_init__(self) -> None:
-        cleaned = tuple(_normal_domain(domain) for domain in self.allowlist)
+        cleaned = tuple(normal_domain(domain) for domain in self.allowlist)
         object.__setattr__(self, "allowlist", tuple(d for d in cleaned if d))
 
 
@@ -259,7 +259,8 @@ def _host(raw: str) -> tuple[str, IPAddress | None]:
     return host, None
 
 
-def _normal_domain(domain: str) -> str:
+def normal_domain(domain: str) -> str:
+    """An allowlist entry as host names are compared: lower case, IDNA, no dots around."""
     cleaned = domain.strip().lower().strip(".")
     try:
         return cleaned.encode("idna").decode("ascii") if cleaned else ""
