@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from stemify.jobs.store import JobStore
 from stemify.testing.random_models import make_tiny_repo
 
 
@@ -131,3 +132,16 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
     for key in client.scan_iter(f"{prefix}*"):
         client.delete(key)
     client.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
+    """A migrated job store, on SQLite and on the machine's PostgreSQL (a schema of its own)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    job_store = JobStore.from_url(url)
+    job_store.migrate()
+    yield job_store
+    job_store.close()

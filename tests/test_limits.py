@@ -194,18 +194,6 @@ def test_two_api_processes_share_the_rate_through_redis(
 # ---- the store ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    job_store = JobStore.from_url(url)
-    job_store.migrate()
-    yield job_store
-    job_store.close()
-
-
 def test_key_limits_round_trip(store: JobStore) -> None:
     store.add_key("k1", "one", hash_key("s1"), "sk_one", False, now_utc(), KeyLimits(5, None, 2))
     store.add_key("k2", "two", hash_key("s2"), "sk_two", False, now_utc())

@@ -17,6 +17,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 from harness import Cluster, client, free_port, submit, wait_for
+from test_service_distributed import distributed_env
 
 from stemify.api.rate_limits import RateLimiter
 from stemify.cli.main import cli as stemify_cli
@@ -112,12 +113,7 @@ def test_no_secret_in_logs_errors_or_config_show(
     database_url = postgres_url.replace("postgres@", f"postgres:{DB_PASSWORD}@", 1)
     with protected_redis(REDIS_PASSWORD, certificate) as redis_url:
         env = {
-            "STEMIFY_DATA_DIR": str(tmp_path / "data"),
-            "STEMIFY_STORAGE_URL": str(tmp_path / "storage"),
-            "STEMIFY_MODEL_DIR": str(model_dir),
-            "STEMIFY_DEFAULT_MODEL": "tiny",
-            "STEMIFY_DATABASE_URL": database_url,
-            "STEMIFY_REDIS_URL": redis_url,
+            **distributed_env(tmp_path, model_dir, database_url, redis_url, "secrets"),
             "STEMIFY_SECRET_KEY": SECRET_KEY,
             "STEMIFY_SENTRY_DSN": DSN,
             "STEMIFY_AUTH": "required",
