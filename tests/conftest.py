@@ -7,11 +7,27 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from stemify.db.database import Database
 from stemify.jobs.store import JobStore
+from stemify.services import Services, build_services
+from stemify.settings import Settings
 from stemify.testing.random_models import make_tiny_repo
+
+SPEEDS = ("unit", "api", "service", "browser")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    unmarked = [
+        item.nodeid for item in items if not any(item.get_closest_marker(s) for s in SPEEDS)
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            f"tests without a speed marker ({', '.join(SPEEDS)}): {', '.join(unmarked[:5])}"
+        )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -135,13 +151,50 @@ def redis_prefix(redis_url: str) -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
-    """A migrated job store, on SQLite and on the machine's PostgreSQL (a schema of its own)."""
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A migrated database, on SQLite and on the machine's PostgreSQL (a schema of its own)."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'jobs.db'}"
     else:
         url = request.getfixturevalue("postgres_url")
-    job_store = JobStore.from_url(url)
-    job_store.migrate()
-    yield job_store
-    job_store.close()
+    database = Database.from_url(url)
+    database.migrate()
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def store(db: Database) -> JobStore:
+    """The job store over ``db`` (both backends)."""
+    return JobStore(db)
+
+
+MakeServices = Callable[..., Services]
+
+
+@pytest.fixture
+def make_services(tmp_path: Path, model_dir: Path) -> Iterator[MakeServices]:
+    """Services as ``stemify serve`` builds them from Settings (embedded: SQLite and local
+    storage in a data dir of their own), with settings overridden by keyword."""
+    built: list[Services] = []
+
+    def make(**overrides: Any) -> Services:
+        settings = Settings(
+            **{
+                "model_dir": model_dir,
+                "data_dir": tmp_path / f"services{len(built)}",
+                "default_model": "tiny",
+                **overrides,
+            }
+        )
+        built.append(build_services(settings))
+        return built[-1]
+
+    yield make
+    for services in built:
+        services.close()
+
+
+@pytest.fixture
+def services(make_services: MakeServices) -> Services:
+    return make_services()

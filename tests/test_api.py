@@ -6,7 +6,6 @@ own worker path (claim + succeed) with real audio files put into storage."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import io
 import itertools
@@ -23,19 +22,22 @@ from typing import Any
 
 import httpx
 import pytest
-from live_app import serve_in_thread
+from support.live import serve_in_thread
 
 from stemify.api import create_app
 from stemify.api.routes_downloads import byte_range
-from stemify.api.uploads import display_name
+from stemify.api.upload_stream import display_name
+from stemify.clock import now_utc
 from stemify.jobs.events import LocalEventBus
 from stemify.jobs.model import Job, JobSpec, StemFile
-from stemify.jobs.store import JobStore, hash_key, now_utc
-from stemify.models import ModelCache, load_model
-from stemify.services import Services
+from stemify.jobs.store import JobStore
+from stemify.keys.store import KeyStore, hash_key
+from stemify.queue.transport import LocalQueue
+from stemify.services import Services, build_services
 from stemify.settings import Settings
 from stemify.storage import LocalStorage
-from stemify.worker.queue import LocalQueue
+
+pytestmark = pytest.mark.api
 
 MakeAudio = Callable[..., Path]
 
@@ -81,30 +83,18 @@ def make_api(tmp_path: Path, model_dir: Path) -> Iterator[MakeApi]:
                     "model_dir": model_dir,
                     "data_dir": data_dir,
                     "default_model": "tiny",
+                    "secret_key": "test-secret",
                     **overrides,
                 }
             )
-            store = JobStore.from_url(f"sqlite:///{data_dir}/t.db")
-            stack.callback(store.close)  # closed last: after the server and the client
-            store.migrate()
-            storage = LocalStorage(data_dir / "storage")
-            services = Services(
-                settings=settings,
-                store=store,
-                storage=storage,
-                queue=LocalQueue(),
-                events=LocalEventBus(),
-                models=ModelCache(
-                    loader=functools.partial(load_model, model_dir=settings.model_dir),
-                    budget_bytes=1 << 30,
-                ),
-                secret=b"test-secret",
-            )
+            services = build_services(settings)
+            stack.callback(services.close)  # closed last: after the server and the client
             root = stack.enter_context(
                 serve_in_thread(create_app(services, auth_required=auth_required))
             )
             client = stack.enter_context(httpx.Client(base_url=f"{root}/api/v1", timeout=20))
-            return Api(services, storage, client, root)
+            assert isinstance(services.storage, LocalStorage)
+            return Api(services, services.storage, client, root)
 
         yield make
 
@@ -162,9 +152,9 @@ def stored(api: Api, job_id: str) -> Job:
     return job
 
 
-def add_key(store: JobStore, key_id: str, *, admin: bool = False) -> str:
+def add_key(keys: KeyStore, key_id: str, *, admin: bool = False) -> str:
     secret = f"secret-{key_id}"
-    store.add_key(key_id, key_id, hash_key(secret), secret[:8], admin, now_utc())
+    keys.add(key_id, key_id, hash_key(secret), secret[:8], admin, now_utc())
     return secret
 
 
@@ -480,8 +470,8 @@ def test_unknown_job_is_404(api: Api) -> None:
 
 def test_auth_required(make_api: MakeApi, make_audio: MakeAudio) -> None:
     api = make_api(auth_required=True)
-    key_a, key_b = add_key(api.store, "a"), add_key(api.store, "b")
-    admin = add_key(api.store, "root", admin=True)
+    key_a, key_b = add_key(api.services.keys, "a"), add_key(api.services.keys, "b")
+    admin = add_key(api.services.keys, "root", admin=True)
     as_a, as_b = {"X-API-Key": key_a}, {"Authorization": f"Bearer {key_b}"}
 
     message = error_of(api.client.get("/jobs"), 401, "unauthorized")
@@ -491,9 +481,9 @@ def test_auth_required(make_api: MakeApi, make_audio: MakeAudio) -> None:
     )
     error_of(api.client.get("/models"), 401)
     error_of(link(api), 401)
-    api.store.revoke_key("a", now_utc())
+    api.services.keys.revoke("a", now_utc())
     error_of(api.client.get("/jobs", headers=as_a), 401)
-    key_a = add_key(api.store, "a2")
+    key_a = add_key(api.services.keys, "a2")
     as_a = {"X-API-Key": key_a}
 
     # No key needed for health, readiness and the docs.
@@ -658,12 +648,12 @@ def test_events_end_when_the_job_is_deleted_and_unsubscribe(api: Api) -> None:
     other = link(api).json()["id"]
     with api.client.stream("GET", f"/jobs/{other}/events") as response:
         assert next(read_events(response))[1]["status"] == "queued"
-        assert bus._subscribers  # listening while the client is connected
+        assert bus._watches  # listening while the client is connected
     # The client went away: the server notices and drops its subscription.
     deadline = time.monotonic() + 5
-    while bus._subscribers and time.monotonic() < deadline:
+    while bus._watches and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not bus._subscribers
+    assert not bus._watches
 
 
 def test_events_of_a_finished_job_end_at_once(api: Api, make_audio: MakeAudio) -> None:
@@ -706,13 +696,16 @@ def test_health(api: Api) -> None:
     response = api.client.get("/health")
     queue = {"depth": 0, "running": 0, "oldest_queued_age_s": None, "workers_alive": 0}
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "queue": queue, "workers": []}
+    # queue_status: the origin document's runbook name for the same figures.
+    assert response.json() == {
+        "status": "ok", "queue": queue, "queue_status": queue, "workers": [],
+    }  # fmt: skip
 
 
 def test_ready(api: Api) -> None:
     for _ in range(2):
         link(api)
-    api.store.worker_seen("worker-1", now_utc(), 0)
+    api.services.workers.seen("worker-1", now_utc(), 0)
     response = api.client.get("/ready")
     assert response.status_code == 200, response.text
     body = response.json()

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import Cluster, FileServer
+from support.processes import Cluster, FileServer
 from test_service_embedded import embedded_env
+
+pytestmark = pytest.mark.service
 
 MakeAudio = Callable[..., Path]
 DOC = Path(__file__).resolve().parent.parent / "docs" / "api-examples.md"

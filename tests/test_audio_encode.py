@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import torch
 from demucs.audio import prevent_clip
-from harness import ffmpeg_children
+from support.processes import ffmpeg_children
 
 from stemify.audio import ClipMode, OutputFormat, StemWriter, decode_blocks
 from stemify.errors import EncodeError, InvalidOptionError
+
+pytestmark = pytest.mark.unit
 
 RATE = 44100
 

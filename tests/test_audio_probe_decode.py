@@ -10,11 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import ffmpeg_children
+from support.processes import ffmpeg_children
 
 from stemify.audio import AudioInfo, decode_blocks, decode_checked, probe, soxr_available
 from stemify.audio.limits import MediaLimits
 from stemify.errors import InvalidAudioError, ToolMissingError
+
+pytestmark = pytest.mark.unit
 
 MakeAudio = Callable[..., Path]  # the make_audio fixture of conftest.py
 RATE = 44100

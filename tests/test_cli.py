@@ -15,6 +15,8 @@ import pytest
 
 from stemify.audio import probe
 
+pytestmark = pytest.mark.service
+
 MakeAudio = Callable[..., Path]
 STEMIFY = str(Path(sys.executable).with_name("stemify"))
 
@@ -258,7 +260,8 @@ def test_passwordless_remote_redis_is_refused(tmp_path: Path, command: list[str]
 
 
 def test_redis_url_check() -> None:
-    from stemify.services import ConfigurationError, check_redis_url
+    from stemify.errors import ConfigurationError
+    from stemify.services import check_redis_url
 
     check_redis_url("redis://127.0.0.1:6379/0", allow_insecure=False)
     check_redis_url("redis://localhost:6379", allow_insecure=False)

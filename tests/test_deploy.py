@@ -17,6 +17,8 @@ import yaml
 
 from stemify.observability.metrics import Metrics, StoreCollector, StoreSnapshot
 
+pytestmark = pytest.mark.unit
+
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 PROMETHEUS = DEPLOY / "prometheus"
 DASHBOARDS = sorted((DEPLOY / "grafana").glob("*.json"))

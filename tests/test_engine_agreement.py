@@ -14,7 +14,9 @@ from demucs.apply import apply_model
 from demucs.pretrained import get_model
 
 from stemify.engine import CancelToken, InferenceOptions, stream_separate
-from stemify.errors import CancelledError, InvalidOptionError
+from stemify.errors import CanceledError, InvalidOptionError
+
+pytestmark = pytest.mark.unit
 
 RATE = 44100
 
@@ -159,7 +161,7 @@ def test_cancellation_stops_within_one_segment(model_dir: Path) -> None:
 
     blocks = blocks_of(x, 4096)
     options = InferenceOptions(shifts=0)
-    with pytest.raises(CancelledError):
+    with pytest.raises(CanceledError):
         for _ in stream_separate(
             model, blocks, x.shape[-1], options, on_segments=on_segments, cancel=token
         ):

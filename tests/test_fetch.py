@@ -19,14 +19,14 @@ from typing import Any
 import pytest
 
 from stemify.audio.probe import probe
+from stemify.egress.fetch import FetchLimits, clean_title, fetch_url
+from stemify.egress.urlguard import URLPolicy, check_url
 from stemify.errors import AudioLimitError, DownloadError, InvalidURLError, UploadTooLargeError
 from stemify.formatting import format_bytes, format_duration
-from stemify.jobs.fetch import FetchLimits, clean_title, fetch_url
-from stemify.jobs.urlguard import URLPolicy, check_url
 
 LOOPBACK = URLPolicy(allow_loopback=True)
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(60)]
 
 MakeAudio = Callable[..., Path]  # the make_audio fixture of conftest.py
 

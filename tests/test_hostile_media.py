@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from harness import Cluster, FileServer, client, wait_for
+from support.processes import Cluster, FileServer, client, wait_for
 from test_service_embedded import embedded_env
 
 from stemify.audio import decode_blocks, probe
@@ -35,7 +35,7 @@ from stemify.audio.limits import MediaLimits
 from stemify.audio.probe import limit_hit
 from stemify.errors import AudioLimitError, InvalidAudioError
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.service, pytest.mark.timeout(120)]
 
 MAX_DURATION_S = 5.0
 RATE = 44100

@@ -11,11 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
-from live_app import Live, add_key, error_of, finished_job, live_app, settings_for
 from starlette.routing import Mount
+from support.live import Live, add_key, error_of, finished_job, live_app, settings_for
 
 from stemify.api.security_headers import CSP
 from stemify.web import STATIC_DIR
+
+pytestmark = pytest.mark.api
 
 MakeAudio = Callable[..., Path]
 EXPECTED = {
@@ -63,7 +65,7 @@ def requests_for_every_route(live: Live, job_id: str) -> list[tuple[str, str]]:
 
 
 def test_every_route_carries_the_headers(live: Live, make_audio: MakeAudio) -> None:
-    key = add_key(live.store, "k", admin=True)
+    key = add_key(live.keys, "k", admin=True)
     job = finished_job(live, make_audio, owner="k")
     routes = requests_for_every_route(live, job.id)
     assert ("GET", "/docs") in routes and ("GET", "/openapi.json") in routes
@@ -90,7 +92,7 @@ def test_every_route_carries_the_headers(live: Live, make_audio: MakeAudio) -> N
 
 
 def test_unexpected_errors_carry_the_headers(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
-    key = add_key(live.store, "k")
+    key = add_key(live.keys, "k")
 
     def broken(job_id: str) -> None:
         raise RuntimeError("boom")
@@ -125,7 +127,7 @@ def test_hsts_only_over_https_from_a_trusted_proxy(tmp_path: Path, model_dir: Pa
         assert "strict-transport-security" not in response.headers
     trusted = settings_for(
         tmp_path / "b", model_dir, trusted_proxies=["127.0.0.1"], limit_anonymous=True,
-        rate_read_per_minute=1,
+        reads_per_minute=1,
     )  # fmt: skip
     with live_app(trusted, auth_required=False) as proxied:
         response = httpx.get(f"{proxied.root}/api/v1/jobs", headers=forwarded)
@@ -169,7 +171,7 @@ def test_cors_from_the_allowlist_only(tmp_path: Path, model_dir: Path) -> None:
 
 
 def test_body_limits(live: Live, make_audio: MakeAudio) -> None:
-    key = add_key(live.store, "k")
+    key = add_key(live.keys, "k")
     with live.client(key) as api:
         big = b"x" * (5 << 10)
         message = error_of(api.post("/jobs/x/cancel", content=big), 413, "too_large")

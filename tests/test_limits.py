@@ -16,18 +16,30 @@ import pytest
 from alembic import command
 from alembic.config import Config
 from click.testing import CliRunner, Result
-from harness import free_port
-from live_app import Live, add_key, error_of, live_app, settings_for
 from sqlalchemy import text
+from support.live import Live, add_key, error_of, live_app, settings_for
+from support.processes import free_port
 
 from stemify.api.quotas import seconds_to_midnight
 from stemify.api.rate_limits import RateLimiter
 from stemify.cli.main import cli as stemify_cli
+from stemify.clock import now_utc
+from stemify.db.database import MIGRATIONS, Database
 from stemify.jobs.model import Job, JobSpec
-from stemify.jobs.store import MIGRATIONS, JobStore, KeyLimits, hash_key, now_utc
+from stemify.keys.limits import KeyLimits
+from stemify.keys.store import KeyStore, hash_key
+from stemify.keys.usage import UsageLedger
+from stemify.services import Services
+
+pytestmark = pytest.mark.api
 
 MakeAudio = Callable[..., Path]
-UNLIMITED = {"rate_per_minute": 0, "read_rate_per_minute": 0, "max_running": 0, "daily_minutes": 0}
+UNLIMITED = {
+    "submissions_per_minute": 0,
+    "reads_per_minute": 0,
+    "max_running_jobs": 0,
+    "daily_audio_minutes": 0,
+}
 
 
 @pytest.fixture
@@ -37,7 +49,7 @@ def live(tmp_path: Path, model_dir: Path) -> Iterator[Live]:
 
 
 def key_with(live: Live, name: str, **limits: float) -> str:
-    return add_key(live.store, name, KeyLimits(**{**UNLIMITED, **limits}))  # type: ignore[arg-type]
+    return add_key(live.keys, name, KeyLimits(**{**UNLIMITED, **limits}))  # type: ignore[arg-type]
 
 
 def retry_after(response: httpx.Response) -> int:
@@ -53,7 +65,7 @@ def post(api: httpx.Client, audio: Path | None = None) -> httpx.Response:
 
 
 def test_submission_rate_per_key(live: Live) -> None:
-    slow, other = key_with(live, "slow", rate_per_minute=2), key_with(live, "other")
+    slow, other = key_with(live, "slow", submissions_per_minute=2), key_with(live, "other")
     with live.client(slow) as api, live.client(other) as api_other:
         for _ in range(2):
             error_of(post(api), 400, "bad_request")
@@ -67,7 +79,7 @@ def test_submission_rate_per_key(live: Live) -> None:
 
 
 def test_read_rate_per_key(live: Live) -> None:
-    key = key_with(live, "reader", read_rate_per_minute=3)
+    key = key_with(live, "reader", reads_per_minute=3)
     with live.client(key) as api:
         for path in ("/jobs", "/usage", "/jobs/nope"):
             assert api.get(path).status_code in (200, 404)
@@ -78,7 +90,7 @@ def test_read_rate_per_key(live: Live) -> None:
 
 
 def test_running_jobs_limit(live: Live, make_audio: MakeAudio) -> None:
-    key = key_with(live, "busy", max_running=1)
+    key = key_with(live, "busy", max_running_jobs=1)
     song = make_audio("song.wav", seconds=1.0)
     with live.client(key) as api:
         first = post(api, song)
@@ -93,7 +105,7 @@ def test_running_jobs_limit(live: Live, make_audio: MakeAudio) -> None:
 
 
 def test_daily_audio_minutes(live: Live, make_audio: MakeAudio) -> None:
-    key = key_with(live, "thrifty", daily_minutes=0.05)  # 3 s a day
+    key = key_with(live, "thrifty", daily_audio_minutes=0.05)  # 3 s a day
     song = make_audio("song.wav", seconds=2.0)
     with live.client(key) as api:
         first = post(api, song)
@@ -110,15 +122,20 @@ def test_daily_audio_minutes(live: Live, make_audio: MakeAudio) -> None:
     # The refused upload left nothing behind.
     storage_root = live.services.storage.root  # type: ignore[attr-defined]
     assert [p for p in storage_root.rglob("*") if p.is_file()] == []
-    assert usage["audio_minutes_today"]["limit"] == 0.05
-    assert usage["audio_minutes_today"]["used"] == pytest.approx(2 / 60, abs=0.01)
+    assert usage["daily_audio_minutes"]["limit"] == 0.05
+    assert usage["daily_audio_minutes"]["used"] == pytest.approx(2 / 60, abs=0.01)
 
 
 def test_usage_shows_limits_and_use(live: Live, make_audio: MakeAudio) -> None:
     key = key_with(
-        live, "user", rate_per_minute=5, read_rate_per_minute=50, max_running=3, daily_minutes=60
+        live,
+        "user",
+        submissions_per_minute=5,
+        reads_per_minute=50,
+        max_running_jobs=3,
+        daily_audio_minutes=60,
     )
-    default_key = add_key(live.store, "defaults")
+    default_key = add_key(live.keys, "defaults")
     with live.client(key) as api:
         assert post(api, make_audio("song.wav", seconds=1.5)).status_code == 202
         usage = api.get("/usage").json()
@@ -129,20 +146,20 @@ def test_usage_shows_limits_and_use(live: Live, make_audio: MakeAudio) -> None:
     assert 0 < usage["submissions_per_minute"]["reset_in_s"] <= 60
     assert usage["reads_per_minute"]["limit"] == 50
     assert usage["reads_per_minute"]["remaining"] == 49  # this very request
-    assert usage["running_jobs"] == {"limit": 3, "used": 1}
-    assert usage["audio_minutes_today"]["limit"] == 60
-    assert usage["audio_minutes_today"]["used"] == pytest.approx(1.5 / 60, abs=0.01)
+    assert usage["max_running_jobs"] == {"limit": 3, "used": 1}
+    assert usage["daily_audio_minutes"]["limit"] == 60
+    assert usage["daily_audio_minutes"]["used"] == pytest.approx(1.5 / 60, abs=0.01)
     with live.client(default_key) as api:
         usage = api.get("/usage").json()
     settings = live.services.settings
-    assert usage["submissions_per_minute"]["limit"] == settings.rate_submit_per_minute
-    assert usage["running_jobs"] == {"limit": settings.max_running_jobs, "used": 0}
+    assert usage["submissions_per_minute"]["limit"] == settings.submissions_per_minute
+    assert usage["max_running_jobs"] == {"limit": settings.max_running_jobs, "used": 0}
     with live.client() as anonymous:
         error_of(anonymous.get("/usage"), 401, "unauthorized")
 
 
 def test_auth_off_is_unlimited_unless_asked(tmp_path: Path, model_dir: Path) -> None:
-    tight = {"rate_read_per_minute": 2, "rate_submit_per_minute": 1}
+    tight = {"reads_per_minute": 2, "submissions_per_minute": 1}
     with (
         live_app(settings_for(tmp_path / "a", model_dir, **tight), auth_required=False) as free,
         free.client() as api,
@@ -179,13 +196,13 @@ def test_two_api_processes_share_the_rate_through_redis(
 ) -> None:
     common = {
         "redis_url": redis_url, "redis_prefix": redis_prefix, "secret_key": "s" * 32,
-        "database_url": f"sqlite:///{tmp_path / 'shared.db'}", "rate_read_per_minute": 4,
+        "database_url": f"sqlite:///{tmp_path / 'shared.db'}", "reads_per_minute": 4,
     }  # fmt: skip
     with (
         live_app(settings_for(tmp_path / "a", model_dir, **common)) as one,
         live_app(settings_for(tmp_path / "b", model_dir, **common)) as two,
     ):
-        key = add_key(one.store, "shared")
+        key = add_key(one.keys, "shared")
         with one.client(key) as api_one, two.client(key) as api_two:
             statuses = [api.get("/jobs").status_code for api in (api_one, api_two) * 3]
     assert statuses == [200, 200, 200, 200, 429, 429]
@@ -194,23 +211,25 @@ def test_two_api_processes_share_the_rate_through_redis(
 # ---- the store ---------------------------------------------------------------------------------
 
 
-def test_key_limits_round_trip(store: JobStore) -> None:
-    store.add_key("k1", "one", hash_key("s1"), "sk_one", False, now_utc(), KeyLimits(5, None, 2))
-    store.add_key("k2", "two", hash_key("s2"), "sk_two", False, now_utc())
-    found = store.key_by_hash(hash_key("s1"))
+def test_key_limits_round_trip(db: Database) -> None:
+    keys = KeyStore(db)
+    keys.add("k1", "one", hash_key("s1"), "sk_one", False, now_utc(), KeyLimits(5, None, 2))
+    keys.add("k2", "two", hash_key("s2"), "sk_two", False, now_utc())
+    found = keys.by_hash(hash_key("s1"))
     assert found is not None and found.limits == KeyLimits(5, None, 2, None)
-    assert store.api_keys()[1].limits == KeyLimits()
-    updated = store.update_key_limits("sk_one", {"rate_per_minute": None, "daily_minutes": 1.5})
+    assert keys.all()[1].limits == KeyLimits()
+    changes = {"submissions_per_minute": None, "daily_audio_minutes": 1.5}
+    updated = keys.update_limits("sk_one", changes)
     assert updated is not None and updated.limits == KeyLimits(None, None, 2, 1.5)
-    assert store.update_key_limits("missing", {"max_running": 1}) is None
-    store.revoke_key("k2", now_utc())
-    assert store.update_key_limits("k2", {"max_running": 1}) is None
+    assert keys.update_limits("missing", {"max_running_jobs": 1}) is None
+    keys.revoke("k2", now_utc())
+    assert keys.update_limits("k2", {"max_running_jobs": 1}) is None
     with pytest.raises(ValueError, match="not key limits: admin"):
-        store.update_key_limits("k1", {"admin": 1})
+        keys.update_limits("k1", {"admin": 1})
 
 
-def test_audio_ledger_counts_uploads_and_links_once(store: JobStore) -> None:
-    today = now_utc().date()
+def test_audio_ledger_counts_uploads_and_links_once(services: Services) -> None:
+    store, usage, today = services.store, services.usage, now_utc().date()
     upload = Job(
         id=uuid.uuid4().hex, spec=JobSpec(model="tiny"), source="upload", created_at=now_utc(),
         owner="k", input_duration_s=90.0,
@@ -219,18 +238,22 @@ def test_audio_ledger_counts_uploads_and_links_once(store: JobStore) -> None:
         id=uuid.uuid4().hex, spec=JobSpec(model="tiny"), source="url", created_at=now_utc(),
         owner="k", source_url="https://example.com/a.mp3",
     )  # fmt: skip
-    store.add(upload)
-    store.add(link)
-    assert store.audio_seconds("k", today) == 90.0
+    services.jobs.submit(upload)
+    services.jobs.submit(link)
+    assert usage.seconds("k", today) == 90.0
     assert store.active_count("k") == 2 and store.active_count("other") == 0
-    for _ in range(2):  # a retried link job fetches again but is charged once
-        assert store.set_input(
-            link.id, key="k1", sha256="0" * 64, size=1, duration_s=30.0, fmt="mp3"
-        )
-    assert store.audio_seconds("k", today) == 120.0
+    # A retried link job fetches again but is charged once: the store says which fetch was
+    # the first, and only that one is charged (worker.runner).
+    firsts = [
+        store.set_input(link.id, key="k1", sha256="0" * 64, size=1, duration_s=30.0, fmt="mp3")
+        for _ in range(2)
+    ]
+    assert firsts == [True, False]
+    usage.charge("k", today, 30.0)
+    assert usage.seconds("k", today) == 120.0
     store.delete(upload.id)
-    assert store.audio_seconds("k", today) == 120.0
-    assert store.audio_seconds("k", date(2000, 1, 1)) == 0.0
+    assert usage.seconds("k", today) == 120.0
+    assert usage.seconds("k", date(2000, 1, 1)) == 0.0
 
 
 # ---- the command line -----------------------------------------------------------------------
@@ -243,28 +266,42 @@ def test_keys_create_update_and_list(tmp_path: Path) -> None:
     def cli(*args: str) -> Result:
         return runner.invoke(stemify_cli, list(args))
 
-    created = cli("keys", "create", "--name", "band", "--rate", "5", "--daily-minutes", "90")
+    created = cli(
+        "keys", "create", "--name", "band", "--submissions-per-minute", "5",
+        "--daily-audio-minutes", "90",
+    )  # fmt: skip
     assert created.exit_code == 0, created.stderr
     secret = created.stdout.strip()
-    assert secret.startswith("sk_") and "rate=5/min" in created.stderr
-    assert "audio=90min/day" in created.stderr and "running=default" in created.stderr
+    assert secret.startswith("sk_") and "submissions_per_minute=5 " in created.stderr
+    assert "daily_audio_minutes=90" in created.stderr
+    assert "max_running_jobs=default" in created.stderr
     prefix = secret[:10]
-    updated = cli("keys", "update", prefix, "--rate", "default", "--max-running", "2")
+    updated = cli(
+        "keys", "update", prefix, "--submissions-per-minute", "default",
+        "--max-running-jobs", "2",
+    )  # fmt: skip
     assert updated.exit_code == 0, updated.stderr
-    assert "rate=default/min" in updated.stdout and "running=2" in updated.stdout
+    assert "submissions_per_minute=default" in updated.stdout
+    assert "max_running_jobs=2" in updated.stdout
     listed = cli("keys", "list")
-    assert prefix in listed.stdout and "running=2 audio=90min/day" in listed.stdout
+    assert prefix in listed.stdout and "max_running_jobs=2 daily_audio_minutes=90" in listed.stdout
     for args, needle in [
         (("keys", "update", prefix), "nothing to change"),
-        (("keys", "update", prefix, "--rate", "fast"), "--rate takes a number or `default`"),
-        (("keys", "update", prefix, "--max-running", "-1"), "cannot be negative"),
-        (("keys", "update", "sk_nothere", "--rate", "1"), "no active key 'sk_nothere'"),
+        (
+            ("keys", "update", prefix, "--submissions-per-minute", "fast"),
+            "--submissions-per-minute takes a number or `default`",
+        ),
+        (("keys", "update", prefix, "--max-running-jobs", "-1"), "cannot be negative"),
+        (
+            ("keys", "update", "sk_nothere", "--submissions-per-minute", "1"),
+            "no active key 'sk_nothere'",
+        ),
     ]:
         failed = cli(*args)
         assert failed.exit_code != 0 and needle in failed.stderr, failed.stderr
-    store = JobStore.from_url(f"sqlite:///{tmp_path / 'stemify.db'}")
-    key = store.key_by_hash(hash_key(secret))
-    store.close()
+    db = Database.from_url(f"sqlite:///{tmp_path / 'stemify.db'}")
+    key = KeyStore(db).by_hash(hash_key(secret))
+    db.close()
     assert key is not None and key.limits == KeyLimits(None, None, 2, 90.0)
 
 
@@ -278,14 +315,14 @@ def test_limiter_lets_requests_through_when_redis_is_unreachable(
     assert limiter.window("read", "key:a", 3).remaining == 3
 
 
-def test_upgrade_from_0001_keeps_keys_with_default_limits(store: JobStore) -> None:
+def test_upgrade_from_0001_keeps_keys_with_default_limits(db: Database) -> None:
     """A store made by the first release: its keys get NULL limits (the defaults)."""
-    with store.engine.begin() as connection:
+    with db.engine.begin() as connection:
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS))
         config.attributes["connection"] = connection
         command.downgrade(config, "0001")
-    with store.engine.begin() as connection:
+    with db.engine.begin() as connection:
         connection.execute(
             text(
                 "INSERT INTO api_keys (id, name, key_hash, prefix, admin, created_at) "
@@ -293,7 +330,7 @@ def test_upgrade_from_0001_keeps_keys_with_default_limits(store: JobStore) -> No
             ),
             {"hash": hash_key("old-secret"), "now": datetime(2026, 1, 1)},
         )
-    store.migrate()
-    key = store.key_by_hash(hash_key("old-secret"))
+    db.migrate()
+    key = KeyStore(db).by_hash(hash_key("old-secret"))
     assert key is not None and key.limits == KeyLimits()
-    assert store.audio_seconds("old", date(2026, 1, 1)) == 0.0
+    assert UsageLedger(db).seconds("old", date(2026, 1, 1)) == 0.0

@@ -45,6 +45,8 @@ from stemify.models import (
 )
 from stemify.testing.random_models import SOURCES, TINY_KWARGS, build_htdemucs, save_model
 
+pytestmark = pytest.mark.unit
+
 OFFICIAL = [
     "htdemucs",
     "htdemucs_ft",
@@ -353,14 +355,25 @@ def test_malformed_bag(tmp_path: Path) -> None:
         load_model("broken", tmp_path)
 
 
-def test_quantized_models_need_diffq(tmp_path: Path) -> None:
+def _without_diffq(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if diffq were not installed (it is: requirements.lock pins diffq-fixed)."""
+    for module in [m for m in sys.modules if m == "diffq" or m.startswith("diffq.")]:
+        monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.setitem(sys.modules, "diffq", None)
+
+
+def test_quantized_models_need_diffq(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _without_diffq(monkeypatch)
     for name in ("mdx_q", "mdx_extra_q"):
         with pytest.raises(ModelLoadError, match=r"requires diffq.*pip install diffq"):
             load_model(name, tmp_path)
 
 
-def test_quantized_local_checkpoint_does_not_exit(tmp_path: Path) -> None:
+def test_quantized_local_checkpoint_does_not_exit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A diffq-quantized state makes demucs call fatal() -> sys.exit when diffq is missing.
+    _without_diffq(monkeypatch)
     package = {
         "klass": HTDemucs,
         "args": (),

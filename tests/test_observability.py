@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,30 +20,33 @@ import pytest
 import sentry_sdk
 import structlog
 from fastapi.testclient import TestClient
-from harness import Cluster, Receiver, client, free_port, submit, wait_for
 from prometheus_client import values as prometheus_values
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
+from support.processes import Cluster, Receiver, client, free_port, submit, wait_for
 from test_service_distributed import distributed_env
 from test_service_embedded import embedded_env
 
 from stemify import __version__
 from stemify.api.app import create_app
-from stemify.jobs.events import LocalEventBus
+from stemify.db.database import Database
 from stemify.jobs.store import JobStore
-from stemify.models import ModelCache
+from stemify.keys.store import KeyStore
+from stemify.keys.usage import UsageLedger
 from stemify.observability.logging import bound, configure_logging
 from stemify.observability.metrics import enable_multiprocess
 from stemify.observability.sentry import init_sentry
+from stemify.queue.registry import WorkerRegistry
 from stemify.services import Services, build_services
 from stemify.settings import Settings
-from stemify.storage.local import LocalStorage
 from stemify.worker.pool import EmbeddedWorkers
-from stemify.worker.queue import LocalQueue
+
+pytestmark = pytest.mark.service
 
 MakeAudio = Callable[..., Path]
+MakeServices = Callable[..., Services]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -424,23 +428,25 @@ def test_a_process_start_clears_the_files_of_dead_processes(tmp_path: Path) -> N
 
 
 def test_health_and_metrics_answer_while_the_store_is_unreachable(
-    tmp_path: Path, model_dir: Path
+    make_services: MakeServices,
 ) -> None:
     """Nothing listens on port 1: every store query fails to connect, for real."""
-    settings = Settings(data_dir=tmp_path, model_dir=model_dir, default_model="tiny")
-    services = Services(
-        settings=settings,
-        store=JobStore.from_url("postgresql+psycopg://postgres@127.0.0.1:1/test"),
-        storage=LocalStorage(tmp_path / "storage"),
-        queue=LocalQueue(),
-        events=LocalEventBus(),
-        models=ModelCache(loader=lambda name: None, budget_bytes=1 << 20),
-        secret=b"unreachable-store",
+    built = make_services()
+    unreachable = Database.from_url("postgresql+psycopg://postgres@127.0.0.1:1/test")
+    services = replace(
+        built,
+        db=unreachable,
+        store=JobStore(unreachable),
+        keys=KeyStore(unreachable),
+        usage=UsageLedger(unreachable),
+        workers=WorkerRegistry(unreachable),
     )
     with TestClient(create_app(services, auth_required=False)) as api:
         health = api.get("/api/v1/health")
         assert health.status_code == 200
-        assert health.json() == {"status": "ok", "queue": None, "workers": []}
+        assert health.json() == {
+            "status": "ok", "queue": None, "queue_status": None, "workers": [],
+        }  # fmt: skip
         ready = api.get("/api/v1/ready")
         assert ready.status_code == 503 and ready.json()["checks"]["store"]["ok"] is False
         metrics = api.get("/metrics")

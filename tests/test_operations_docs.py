@@ -14,6 +14,8 @@ import yaml
 
 from stemify.cli.main import cli
 
+pytestmark = pytest.mark.unit
+
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 RUNBOOK = DOCS / "operations" / "runbook.md"
 TROUBLESHOOTING = DOCS / "troubleshooting.md"

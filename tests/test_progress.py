@@ -6,6 +6,8 @@ import pytest
 
 from stemify.engine.progress import Progress, ProgressTracker
 
+pytestmark = pytest.mark.unit
+
 
 class Clock:
     def __init__(self) -> None:

@@ -24,6 +24,8 @@ from stemify.quality import (
     evaluate_dirs,
 )
 
+pytestmark = pytest.mark.unit
+
 Audio = npt.NDArray[np.float32]
 
 

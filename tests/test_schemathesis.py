@@ -10,12 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import hypothesis
+import pytest
 import schemathesis
-from live_app import finished_job, live_app, settings_for
 from schemathesis import checks
+from support.live import finished_job, live_app, settings_for
 
+from stemify.clock import now_utc
 from stemify.jobs.model import Job, JobSpec
-from stemify.jobs.store import now_utc
+
+pytestmark = pytest.mark.api
 
 MakeAudio = Callable[..., Path]
 # Bounded so the whole run fits in well under a minute on two shared cores.

@@ -16,13 +16,16 @@ import httpx
 import pytest
 import redis
 from click.testing import CliRunner
-from harness import Cluster, client, free_port, submit, wait_for
+from support.processes import Cluster, client, free_port, submit, wait_for
 from test_service_distributed import distributed_env
 
 from stemify.api.rate_limits import RateLimiter
 from stemify.cli.main import cli as stemify_cli
-from stemify.services import ConfigurationError, check_redis_url
-from stemify.worker.queue import RedisQueue, make_broker
+from stemify.errors import ConfigurationError
+from stemify.queue.transport import RedisQueue, make_broker
+from stemify.services import check_redis_url
+
+pytestmark = pytest.mark.service
 
 MakeAudio = Callable[..., Path]
 REDIS_PASSWORD = "redis-pass-5c1e7a"

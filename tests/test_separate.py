@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from demucs.api import Separator
-from harness import ffmpeg_children
+from support.processes import ffmpeg_children
 
 from stemify.audio import OutputFormat, decode_blocks, probe
 from stemify.engine import (
@@ -19,8 +19,10 @@ from stemify.engine import (
     SeparationOptions,
     separate_file,
 )
-from stemify.errors import CancelledError, InvalidAudioError, InvalidOptionError
+from stemify.errors import CanceledError, InvalidAudioError, InvalidOptionError
 from stemify.models import load_model
+
+pytestmark = pytest.mark.unit
 
 RATE = 44100
 MakeAudio = Callable[..., Path]
@@ -147,7 +149,7 @@ def test_cancel_leaves_nothing(model_dir: Path, make_audio: MakeAudio, tmp_path:
 
     out = tmp_path / "out"
     options = SeparationOptions(inference=InferenceOptions(shifts=0), clip="clamp")
-    with pytest.raises(CancelledError):
+    with pytest.raises(CanceledError):
         separate_file(
             song, load_model("tiny", model_dir), into(out), options,
             on_progress=on_progress, cancel=token,

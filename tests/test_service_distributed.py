@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
-from harness import Cluster, client, redis_server, submit, wait_for
+from support.processes import Cluster, client, redis_server, submit, wait_for
+
+pytestmark = pytest.mark.service
 
 MakeAudio = Callable[..., Path]
 

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import Cluster, FileServer, Receiver, client, submit, wait_for
+from support.processes import Cluster, FileServer, Receiver, client, submit, wait_for
 
 from stemify.audio import decode_blocks
-from stemify.jobs.webhooks import verify
+from stemify.egress.webhooks import verify
+
+pytestmark = pytest.mark.service
 
 MakeAudio = Callable[..., Path]
 

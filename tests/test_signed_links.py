@@ -11,17 +11,19 @@ import json
 import time
 import zipfile
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from harness import Receiver
-from live_app import Live, add_key, error_of, finished_job, live_app, settings_for
+from support.live import Live, add_key, error_of, finished_job, live_app, settings_for
+from support.processes import Receiver
 
 from stemify.jobs.signing import LinkSigner
-from stemify.services import send_webhook
+
+pytestmark = pytest.mark.api
 
 MakeAudio = Callable[..., Path]
 SECRET = "a-known-secret-key-for-signing-links"
@@ -43,7 +45,7 @@ def with_query(url: str, **changes: str) -> str:
 
 
 def test_signed_links_work_without_a_key(live: Live, make_audio: MakeAudio) -> None:
-    owner = add_key(live.store, "owner")
+    owner = add_key(live.keys, "owner")
     job = finished_job(live, make_audio, owner="owner")
     with live.client(owner) as api:
         body = api.get(f"/jobs/{job.id}").json()
@@ -70,7 +72,7 @@ def test_signed_links_work_without_a_key(live: Live, make_audio: MakeAudio) -> N
 
 
 def test_tampered_or_expired_links_are_403(live: Live, make_audio: MakeAudio) -> None:
-    owner = add_key(live.store, "owner")
+    owner = add_key(live.keys, "owner")
     job, other = finished_job(live, make_audio, "owner"), finished_job(live, make_audio, "owner")
     signer = LinkSigner(SECRET.encode(), 3600)
     expires = int(time.time()) + 600
@@ -150,8 +152,9 @@ def test_webhook_carries_absolute_signed_links(
         ) as live:
             job = finished_job(live, make_audio)
             job.webhook_url = receiver.url
-            live.services.settings.public_url = live.root
-            send_webhook(live.services, job)
+            # Links in webhooks are absolute, on the public address.
+            webhooks = replace(live.services.jobs.webhooks, base_url=f"{live.root}/api/v1")
+            webhooks.send(job)
             payload = json.loads(receiver.bodies[0][0])
             url = payload["stems"][0]["url"]
             assert url.startswith(f"{live.root}/api/v1/jobs/{job.id}/stems/") and "sig=" in url

@@ -21,24 +21,24 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import Cluster, client, free_port, wait_for
+from support.processes import Cluster, client, free_port, wait_for
 from test_service_embedded import embedded_env
 
-from stemify.errors import DownloadError, ForbiddenURLError, InvalidURLError
-from stemify.jobs.fetch import FetchLimits, fetch_url
-from stemify.jobs.guarded_proxy import GuardedProxy
-from stemify.jobs.urlguard import (
+from stemify.egress.fetch import FetchLimits, fetch_url
+from stemify.egress.guarded_proxy import GuardedProxy
+from stemify.egress.urlguard import (
     IPAddress,
     URLPolicy,
     address_problem,
     check_submitted_url,
     check_url,
     parse_url,
-    url_policy,
 )
+from stemify.errors import DownloadError, ForbiddenURLError, InvalidURLError
+from stemify.services import build_services
 from stemify.settings import Settings
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.service, pytest.mark.timeout(90)]
 
 LIMITS = FetchLimits(max_bytes=10**6, max_duration_s=600, timeout_s=10, retries=0)
 LOOPBACK = URLPolicy(allow_loopback=True)
@@ -257,10 +257,12 @@ def test_allowlist() -> None:
             parse_url(url, policy)
 
 
-def test_allowlist_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_allowlist_setting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("STEMIFY_URL_ALLOWLIST", " youtube.com, SoundCloud.com ,")
     monkeypatch.delenv("STEMIFY_ALLOW_LOOPBACK_URLS", raising=False)
-    policy = url_policy(Settings())
+    services = build_services(Settings(data_dir=tmp_path))
+    services.close()
+    policy = services.url_policy
     assert policy == URLPolicy(allowlist=("youtube.com", "soundcloud.com"))
     assert not policy.allow_loopback
     with pytest.raises(ForbiddenURLError):

@@ -11,6 +11,8 @@ import pytest
 from stemify.errors import NotFoundError, StorageError
 from stemify.storage import LocalStorage, Storage, check_key, storage_from_url
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture
 def store(tmp_path: Path) -> LocalStorage:

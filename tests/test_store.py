@@ -8,14 +8,19 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from stemify.db.database import Database
 from stemify.jobs.model import Job, JobSpec, JobStatus, Stage, StemFile
-from stemify.jobs.store import JobStore, hash_key
+from stemify.jobs.store import JobStore
+from stemify.keys.store import KeyStore, hash_key
+from stemify.queue.registry import WorkerRegistry
+
+pytestmark = pytest.mark.unit
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 
 def test_migrate_is_idempotent(store: JobStore) -> None:
-    store.migrate()
+    store.db.migrate()
     store.add(Job(id="j-again", spec=JobSpec(model="tiny"), source="url", created_at=T0))
     assert store.get("j-again") is not None
 
@@ -184,20 +189,22 @@ def test_queue_stats_and_workers(store: JobStore) -> None:
     store.claim(running.id, "w", T0, T0)
     stats = store.queue_stats(T0 + timedelta(seconds=60))
     assert (stats.queued, stats.running, stats.oldest_queued_age_s) == (3, 1, 60.0)
-    store.worker_seen("w1", T0, 1)
-    store.worker_seen("w2", T0 - timedelta(minutes=10), 0)
-    alive = store.workers_alive(T0 - timedelta(seconds=30))
+    workers = WorkerRegistry(store.db)
+    workers.seen("w1", T0, 1)
+    workers.seen("w2", T0 - timedelta(minutes=10), 0)
+    alive = workers.alive(T0 - timedelta(seconds=30))
     assert [w.id for w in alive] == ["w1"] and alive[0].running == 1
-    store.worker_stopped("w1")
-    assert store.workers_alive(T0 - timedelta(seconds=30)) == []
+    workers.stopped("w1")
+    assert workers.alive(T0 - timedelta(seconds=30)) == []
 
 
-def test_api_keys(store: JobStore) -> None:
-    store.add_key("k1", "alice", hash_key("sk_secret"), "sk_secret", False, T0)
-    key = store.key_by_hash(hash_key("sk_secret"))
+def test_api_keys(db: Database) -> None:
+    keys = KeyStore(db)
+    keys.add("k1", "alice", hash_key("sk_secret"), "sk_secret", False, T0)
+    key = keys.by_hash(hash_key("sk_secret"))
     assert key is not None and key.name == "alice" and not key.admin
-    assert store.key_by_hash(hash_key("wrong")) is None
-    assert store.revoke_key("sk_secret", T0)
-    assert store.key_by_hash(hash_key("sk_secret")) is None
-    assert not store.revoke_key("sk_secret", T0)
-    assert [k.name for k in store.api_keys()] == ["alice"]
+    assert keys.by_hash(hash_key("wrong")) is None
+    assert keys.revoke("sk_secret", T0)
+    assert keys.by_hash(hash_key("sk_secret")) is None
+    assert not keys.revoke("sk_secret", T0)
+    assert [k.name for k in keys.all()] == ["alice"]

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from harness import Cluster, FileServer, client, free_port, submit, wait_for
 from playwright.sync_api import (
     Browser,
     BrowserContext,
@@ -28,8 +27,11 @@ from playwright.sync_api import (
     expect,
     sync_playwright,
 )
+from support.processes import Cluster, FileServer, client, free_port, submit, wait_for
 
 from stemify.web import STATIC_DIR
+
+pytestmark = pytest.mark.browser
 
 MakeAudio = Callable[..., Path]
 

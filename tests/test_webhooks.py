@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from stemify.jobs.urlguard import URLPolicy
-from stemify.jobs.webhooks import (
+from stemify.egress.urlguard import URLPolicy
+from stemify.egress.webhooks import (
     EVENT_HEADER,
     MAX_RETRY_AFTER_S,
     SIGNATURE_HEADER,
@@ -30,7 +30,7 @@ from stemify.jobs.webhooks import (
     verify,
 )
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
 
 SECRET = b"whsec_test_secret"
 PAYLOAD: dict[str, Any] = {

@@ -60,7 +60,7 @@ class InvalidOptionError(StemifyError):
     code = "invalid_option"
 
 
-class CancelledError(StemifyError):
+class CanceledError(StemifyError):
     code = "canceled"
 
     def __init__(self, message: str = "separation was canceled") -> None:
@@ -103,3 +103,9 @@ class UploadTooLargeError(StemifyError):
     """An upload or a linked file is over the size limit."""
 
     code = "too_large"
+
+
+class ConfigurationError(StemifyError):
+    """A setting is missing or unsafe; the process refuses to start."""
+
+    code = "configuration_error"

@@ -1,60 +1,55 @@
-"""Wiring: builds the store, storage, queue, events and model cache from Settings, once per
-process, and the few operations that API, workers and the command line share."""
+"""Wiring: builds the stores, storage, queue, events, model cache and job lifecycle from
+Settings, once per process. Behaviour lives in the packages; nothing here but construction."""
 
 from __future__ import annotations
 
 import functools
 import ipaddress
-import logging
 import os
 import secrets
-import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import redis
 
-from stemify.errors import StemifyError
+from stemify.db.database import Database
+from stemify.egress.urlguard import URLPolicy
+from stemify.errors import ConfigurationError
 from stemify.jobs.events import EventBus, LocalEventBus, RedisEventBus
-from stemify.jobs.model import Job, JobStatus, StemFile
-from stemify.jobs.render import job_to_dict
+from stemify.jobs.lifecycle import JobLifecycle, Webhooks
 from stemify.jobs.signing import LinkSigner
-from stemify.jobs.store import JobStore, now_utc
-from stemify.jobs.urlguard import url_policy
-from stemify.jobs.webhooks import deliver_guarded
+from stemify.jobs.store import JobStore
+from stemify.keys.store import KeyStore
+from stemify.keys.usage import UsageLedger
 from stemify.models import ModelCache, load_model
-from stemify.observability.logging import bound
 from stemify.observability.metrics import Metrics
+from stemify.queue.registry import WorkerRegistry
+from stemify.queue.transport import JobQueue, LocalQueue, RedisQueue, make_broker
 from stemify.settings import Settings
 from stemify.storage import Storage, storage_from_url
-from stemify.worker.queue import JobQueue, LocalQueue, RedisQueue, make_broker
-
-log = logging.getLogger(__name__)
-
-
-class ConfigurationError(StemifyError):
-    code = "configuration_error"
 
 
 @dataclass
 class Services:
     settings: Settings
+    db: Database
     store: JobStore
+    keys: KeyStore
+    usage: UsageLedger
+    workers: WorkerRegistry
     storage: Storage
     queue: JobQueue
     events: EventBus
     models: ModelCache
-    secret: bytes  # signs webhooks; download links use a key derived from it
-    metrics: Metrics = field(default_factory=Metrics)
-
-    def link_signer(self) -> LinkSigner:
-        return LinkSigner(self.secret, self.settings.signed_url_ttl_s)
+    metrics: Metrics
+    links: LinkSigner
+    url_policy: URLPolicy
+    jobs: JobLifecycle
 
     def close(self) -> None:
         self.queue.close()
-        self.store.close()
+        self.db.close()
 
 
 def check_redis_url(url: str, *, allow_insecure: bool) -> None:
@@ -76,40 +71,6 @@ def check_redis_url(url: str, *, allow_insecure: bool) -> None:
         )
 
 
-def build_services(settings: Settings, metrics: Metrics | None = None) -> Services:
-    if settings.redis_url is not None:
-        check_redis_url(
-            settings.redis_url.get_secret_value(), allow_insecure=settings.allow_insecure_redis
-        )
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    store = JobStore.from_url(settings.database)
-    store.migrate()
-    queue: JobQueue
-    events: EventBus
-    if settings.redis_url is not None:
-        url = settings.redis_url.get_secret_value()
-        queue = RedisQueue(make_broker(url, namespace=f"{settings.redis_prefix}-dramatiq"))
-        events = RedisEventBus(redis.Redis.from_url(url), prefix=settings.redis_prefix)
-    else:
-        queue, events = LocalQueue(), LocalEventBus()
-    metrics = metrics or Metrics()
-    models = ModelCache(
-        loader=functools.partial(load_model, model_dir=settings.model_dir),
-        budget_bytes=settings.model_cache_mb << 20,
-        observer=metrics,
-    )
-    return Services(
-        settings=settings,
-        store=store,
-        storage=storage_from_url(settings.storage),
-        queue=queue,
-        events=events,
-        models=models,
-        secret=load_secret(settings),
-        metrics=metrics,
-    )
-
-
 def load_secret(settings: Settings) -> bytes:
     if settings.secret_key is not None:
         return settings.secret_key.get_secret_value().encode()
@@ -128,95 +89,61 @@ def load_secret(settings: Settings) -> bytes:
     return path.read_text().strip().encode()
 
 
-def publish_job(services: Services, job: Job) -> None:
-    services.events.publish(job.id, {"id": job.id, "status": job.status.value})
+def _transport(settings: Settings) -> tuple[JobQueue, EventBus]:
+    if settings.redis_url is None:
+        return LocalQueue(), LocalEventBus()
+    url = settings.redis_url.get_secret_value()
+    check_redis_url(url, allow_insecure=settings.allow_insecure_redis)
+    queue = RedisQueue(make_broker(url, namespace=f"{settings.redis_prefix}-dramatiq"))
+    return queue, RedisEventBus(redis.Redis.from_url(url), prefix=settings.redis_prefix)
 
 
-def submit_job(services: Services, job: Job) -> Job:
-    """Store a new job; complete it at once from the dedup cache or put it on the queue.
-
-    With an idempotency key its owner already used, the earlier job is returned unchanged."""
-    stored, created = services.store.add(job)
-    if not created:
-        return stored
-    services.metrics.job_submitted(job.spec.model, job.source)
-    with bound(job_id=job.id):  # the line that ties the request id to the job id
-        log.info("job %s submitted (%s, model %s)", job.id, job.source, job.spec.model)
-    if job.input_sha256 is not None and complete_from_cache(services, stored):
-        done = services.store.get(job.id)
-        if done is not None:
-            send_webhook(services, done, background=True)
-            return done
-    services.queue.enqueue(job.id)
-    return stored
-
-
-def complete_from_cache(services: Services, job: Job) -> bool:
-    """Finish ``job`` with a copy of the stems of an earlier identical job, if one exists."""
-    if job.input_sha256 is None:
-        return False
-    now = now_utc()
-    source = services.store.find_reusable(job.input_sha256, job.spec.params_hash(), now)
-    if source is None:
-        return False
-    stems: dict[str, StemFile] = {}
-    try:
-        for name, stem in source.stems.items():
-            key = f"jobs/{job.id}/stems/{Path(stem.key).name}"
-            stems[name] = StemFile(name, key, services.storage.copy(stem.key, key))
-    except StemifyError:
-        # The earlier job expired under us: separate for real.
-        services.storage.delete_prefix(f"jobs/{job.id}/stems/")
-        return False
-    ttl = timedelta(hours=services.settings.result_ttl_hours)
-    finished = services.store.succeed(
-        job.id,
-        job.worker_id,
-        stems=stems,
-        quality=source.quality,
-        stage_seconds={},
-        now=now,
-        expires_at=now + ttl,
-        cache_hit=True,
+def build_services(settings: Settings, metrics: Metrics | None = None) -> Services:
+    queue, events = _transport(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database.from_url(settings.database)
+    db.migrate()
+    metrics = metrics or Metrics()
+    secret = load_secret(settings)
+    links = LinkSigner(secret, settings.signed_url_ttl_s)
+    policy = URLPolicy(
+        allowlist=tuple(settings.url_allowlist), allow_loopback=settings.allow_loopback_urls
     )
-    if not finished:
-        services.storage.delete_prefix(f"jobs/{job.id}/stems/")
-        return False
-    done = services.store.get(job.id)
-    if done is not None:
-        publish_job(services, done)
-    services.metrics.job_finished(job.spec.model, "succeeded", None, cache_hit=True)
-    return True
-
-
-def send_webhook(services: Services, job: Job, *, background: bool = False) -> None:
-    if job.webhook_url is None or job.status not in (JobStatus.SUCCEEDED, JobStatus.FAILED):
-        return
-    base = (services.settings.public_url or "").rstrip("/") + "/api/v1"
-    # Signed links: the receiver downloads the stems without an API key.
-    links = services.link_signer()
-    payload = job_to_dict(job, base_url=base, links=links)
-    url = job.webhook_url
-
-    def send() -> None:
-        result = deliver_guarded(
-            url,
-            payload,
-            services.secret,
-            url_policy(services.settings),
-            attempts=services.settings.webhook_attempts,
-        )
-        services.metrics.webhook(result.delivered)
-        if not result.delivered:
-            with bound(job_id=job.id):  # may run in its own thread, outside the job's context
-                log.warning(
-                    "webhook for job %s not delivered after %d attempts: %s",
-                    job.id,
-                    result.attempts,
-                    result.error,
-                )
-
-    if background:
-        threading.Thread(target=send, name=f"webhook-{job.id}", daemon=True).start()
-    else:
-        send()
+    store, usage, storage = JobStore(db), UsageLedger(db), storage_from_url(settings.storage)
+    webhooks = Webhooks(
+        secret=secret,
+        policy=policy,
+        links=links,
+        base_url=(settings.public_url or "").rstrip("/") + "/api/v1",
+        attempts=settings.webhook_attempts,
+        metrics=metrics,
+    )
+    return Services(
+        settings=settings,
+        db=db,
+        store=store,
+        keys=KeyStore(db),
+        usage=usage,
+        workers=WorkerRegistry(db),
+        storage=storage,
+        queue=queue,
+        events=events,
+        models=ModelCache(
+            loader=functools.partial(load_model, model_dir=settings.model_dir),
+            budget_bytes=settings.model_cache_mb << 20,
+            observer=metrics,
+        ),
+        metrics=metrics,
+        links=links,
+        url_policy=policy,
+        jobs=JobLifecycle(
+            store=store,
+            usage=usage,
+            storage=storage,
+            queue=queue,
+            events=events,
+            metrics=metrics,
+            webhooks=webhooks,
+            result_ttl=timedelta(hours=settings.result_ttl_hours),
+        ),
+    )

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 import platformdirs
-from demucs.pretrained import ROOT_URL
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from stemify.egress.urlguard import normal_domain
+
+# demucs.pretrained.ROOT_URL, written out so that reading settings does not import torch.
+DEMUCS_ROOT_URL = "https://dl.fbaipublicfiles.com/demucs/"
+# Settings that were renamed: set under the old name they would be ignored in silence.
+RENAMED = {
+    "STEMIFY_RATE_SUBMIT_PER_MINUTE": "STEMIFY_SUBMISSIONS_PER_MINUTE",
+    "STEMIFY_RATE_READ_PER_MINUTE": "STEMIFY_READS_PER_MINUTE",
+}
 
 
 def _default_model_dir() -> Path:
@@ -21,7 +31,7 @@ class Settings(BaseSettings):
     # ---- engine and models
     model_dir: Path = Field(default_factory=_default_model_dir)
     # Where `stemify models pull` downloads official weights from; demucs' own release host.
-    model_base_url: str = ROOT_URL
+    model_base_url: str = DEMUCS_ROOT_URL
     device: str = "cpu"
     # LRU budget for loaded models kept in memory by one process.
     model_cache_mb: int = 4096
@@ -64,7 +74,7 @@ class Settings(BaseSettings):
     # stem-minute); a larger result gets download links only. 1024: 4 stems of 11 minutes.
     web_player_max_mb: int = Field(default=1024, ge=0)
 
-    # ---- links and hostile media (stemify.jobs.urlguard, stemify.audio.limits)
+    # ---- links and hostile media (stemify.egress.urlguard, stemify.audio.limits)
     # Domains links may point to (a domain allows its subdomains); empty: any public host.
     url_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Every ffprobe/ffmpeg run: address-space limit, CPU seconds, ffprobe wall time, and how
@@ -82,8 +92,6 @@ class Settings(BaseSettings):
     @classmethod
     def _domains(cls, value: list[str]) -> list[str]:
         # Checked here, so a bad entry stops the service at start, not every submission.
-        from stemify.jobs.urlguard import normal_domain
-
         return [domain for domain in map(normal_domain, value) if domain]
 
     default_model: str = "htdemucs"
@@ -96,6 +104,9 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = 15.0
     requeue_after_s: float = 30.0
     sweep_interval_s: float = 300.0
+    # Temp files of storage writes untouched this long belong to a crashed writer: removed by
+    # the maintenance loop. Must exceed the longest pause of a live upload (it writes each MB).
+    temp_max_age_s: float = Field(default=3600.0, gt=0)
     shutdown_grace_s: float = 30.0
     download_timeout_s: float = 300.0
     download_retries: int = 3
@@ -109,10 +120,11 @@ class Settings(BaseSettings):
 
     # ---- abuse limits, signed links and the HTTP edge (see docs/security.md)
     # Per API key; a key's own value (`stemify keys create/update`) wins. 0 turns a limit off.
-    rate_submit_per_minute: int = 30
-    rate_read_per_minute: int = 600
-    max_running_jobs: int = 10
-    daily_audio_minutes: float = 1440.0
+    # The same names as the `stemify keys` flags, the key table and the /usage JSON.
+    submissions_per_minute: int = Field(default=30, ge=0)
+    reads_per_minute: int = Field(default=600, ge=0)
+    max_running_jobs: int = Field(default=10, ge=0)
+    daily_audio_minutes: float = Field(default=1440.0, ge=0)
     # With auth off, limit each client address too (off: auth-off is one local user).
     limit_anonymous: bool = False
     # Lifetime of signed stem and zip links (never beyond the job's own expiry).
@@ -131,6 +143,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_old_names(cls, values: object) -> object:
+        for old, new in RENAMED.items():
+            if old in os.environ:
+                raise ValueError(f"{old} was renamed: set {new} instead")
+        return values
 
     @property
     def database(self) -> str:

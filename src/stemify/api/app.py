@@ -6,7 +6,13 @@ import anyio
 from fastapi import FastAPI
 
 from stemify import __version__
-from stemify.api import routes_downloads, routes_jobs, routes_system, routes_usage
+from stemify.api import (
+    routes_downloads,
+    routes_jobs,
+    routes_metrics,
+    routes_system,
+    routes_usage,
+)
 from stemify.api.edge import EdgeApp, install_edge
 from stemify.api.error_schema import error_responses
 from stemify.api.errors import install_error_handlers
@@ -50,7 +56,7 @@ def create_app(services: Services, *, auth_required: bool) -> FastAPI:
     app.include_router(routes_downloads.router, prefix=API_PREFIX)
     app.include_router(routes_system.router, prefix=API_PREFIX)
     app.include_router(routes_usage.router, prefix=API_PREFIX)
-    app.include_router(observability.router)  # /metrics, where Prometheus looks
+    app.include_router(routes_metrics.router)  # /metrics, where Prometheus looks
     mount_web(app)  # the page at /
     # Security headers, trusted proxies, CORS and body limits (submissions have their own).
     install_edge(app, services.settings, uploads=[f"{API_PREFIX}/jobs", f"{API_PREFIX}/stemify"])

@@ -1,21 +1,19 @@
 """Request dependencies: the shared :class:`Services`, the calling API key with its limits,
-and the jobs that caller may see."""
+and the jobs that caller may see. Plain functions: FastAPI runs them in its thread pool."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Annotated
 
-import anyio.to_thread
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from stemify.api.errors import ApiError
-from stemify.api.quotas import READ, SUBMIT, Limits, check_rate
-from stemify.api.rate_limits import RateLimiter
-from stemify.api.threads import in_thread
+from stemify.api.quotas import READ, SUBMIT, check_rate
 from stemify.jobs.model import Job
-from stemify.jobs.store import hash_key
+from stemify.keys.limits import Limits
+from stemify.keys.store import hash_key
 from stemify.services import Services
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
@@ -53,7 +51,15 @@ def credentials(
 CredentialsDep = Annotated[str | None, Depends(credentials)]
 
 
-async def authenticate(request: Request, services: Services, secret: str | None) -> Caller:
+def authenticate(request: Request, services: Services, secret: str | None, bucket: str) -> Caller:
+    """The caller, counted against the rate of ``bucket`` (submissions or reads)."""
+    caller = _identify(request, services, secret)
+    if caller.identity is not None and caller.limits is not None:
+        check_rate(request.app.state.rate_limiter, bucket, caller.identity, caller.limits)
+    return caller
+
+
+def _identify(request: Request, services: Services, secret: str | None) -> Caller:
     settings = services.settings
     if not request.app.state.auth_required:
         # One local user sees everything; limited per address only when asked to.
@@ -68,44 +74,30 @@ async def authenticate(request: Request, services: Services, secret: str | None)
             "an API key is required: send it as X-API-Key or Authorization: Bearer",
             _CHALLENGE,
         )
-    key = await anyio.to_thread.run_sync(services.store.key_by_hash, hash_key(secret))
+    key = services.keys.by_hash(hash_key(secret))
     if key is None:
         raise ApiError(401, "unauthorized", "invalid API key", _CHALLENGE)
     return Caller(key.id, key.admin, f"key:{key.id}", Limits.of(settings, key.limits))
 
 
-async def limit_rate(request: Request, caller: Caller, bucket: str) -> None:
-    if caller.identity is None or caller.limits is None:
-        return
-    per_minute = (
-        caller.limits.submit_per_minute if bucket == SUBMIT else caller.limits.reads_per_minute
-    )
-    limiter: RateLimiter = request.app.state.rate_limiter
-    await in_thread(check_rate, limiter, bucket, caller.identity, per_minute)
-
-
-async def get_caller(request: Request, services: ServicesDep, secret: CredentialsDep) -> Caller:
+def get_caller(request: Request, services: ServicesDep, secret: CredentialsDep) -> Caller:
     """The caller of any route but submission; counts against the read rate."""
-    caller = await authenticate(request, services, secret)
-    await limit_rate(request, caller, READ)
-    return caller
+    return authenticate(request, services, secret, READ)
 
 
-async def get_submitter(request: Request, services: ServicesDep, secret: CredentialsDep) -> Caller:
+def get_submitter(request: Request, services: ServicesDep, secret: CredentialsDep) -> Caller:
     """The caller of a job submission; counts against the submission rate."""
-    caller = await authenticate(request, services, secret)
-    await limit_rate(request, caller, SUBMIT)
-    return caller
+    return authenticate(request, services, secret, SUBMIT)
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
 SubmitterDep = Annotated[Caller, Depends(get_submitter)]
 
 
-async def visible_job(services: Services, caller: Caller, job_id: str) -> Job:
+def visible_job(services: Services, caller: Caller, job_id: str) -> Job:
     """The job, or 404 when it does not exist or belongs to another key (never 403: a caller
     must not learn that someone else's job exists)."""
-    job = await anyio.to_thread.run_sync(services.store.get, job_id)
+    job = services.store.get(job_id)
     if job is None or not caller.can_see(job):
         raise ApiError(404, "not_found", f"job {job_id} not found")
     return job

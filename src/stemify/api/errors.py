@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from stemify.errors import (
     AudioLimitError,
-    CancelledError,
+    CanceledError,
     DownloadError,
     InvalidAudioError,
     InvalidOptionError,
@@ -34,7 +34,7 @@ _STATUS: dict[type[StemifyError], int] = {
     DownloadError: 422,
     NotFoundError: 404,
     UploadTooLargeError: 413,
-    CancelledError: 409,
+    CanceledError: 409,
     StorageError: 503,
 }
 

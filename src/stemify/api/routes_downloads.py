@@ -6,25 +6,20 @@ import re
 import zipfile
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
-from stemify.api.auth import (
-    CredentialsDep,
-    ServicesDep,
-    authenticate,
-    limit_rate,
-    visible_job,
-)
+from stemify.api.auth import CredentialsDep, ServicesDep, authenticate, visible_job
 from stemify.api.errors import ApiError
 from stemify.api.quotas import READ
-from stemify.api.threads import in_thread
+from stemify.clock import now_utc
 from stemify.jobs.model import Job, JobStatus
 from stemify.jobs.signing import target_of
-from stemify.jobs.store import now_utc
 from stemify.services import Services
 from stemify.storage import Storage
 
@@ -43,7 +38,7 @@ _SIGNED_DOC = (
 )
 
 
-async def _downloadable(
+def _downloadable(
     request: Request,
     services: Services,
     secret: str | None,
@@ -53,17 +48,16 @@ async def _downloadable(
     sig: str | None,
 ) -> Job:
     if expires is None and sig is None:
-        caller = await authenticate(request, services, secret)
-        await limit_rate(request, caller, READ)
-        return await visible_job(services, caller, job_id)
+        caller = authenticate(request, services, secret, READ)
+        return visible_job(services, caller, job_id)
     if expires is None or sig is None:
         raise ApiError(403, "forbidden", "a signed link needs both `expires` and `sig`")
     if not (expires.isascii() and expires.isdigit() and len(expires) <= 12):
         raise ApiError(403, "forbidden", "the link's expiry is not valid")
-    refusal = services.link_signer().verify(job_id, target_of(stem), int(expires), sig, now_utc())
+    refusal = services.links.verify(job_id, target_of(stem), int(expires), sig, now_utc())
     if refusal:
         raise ApiError(403, "forbidden", refusal)
-    job: Job | None = await in_thread(services.store.get, job_id)
+    job = services.store.get(job_id)
     if job is None:
         raise ApiError(404, "not_found", f"job {job_id} not found")
     return job
@@ -140,7 +134,7 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     response_class=StreamingResponse,
     responses={200: {"content": {"audio/wav": {}, "audio/flac": {}, "audio/mpeg": {}}}},
 )
-async def download_stem(
+def download_stem(
     job_id: str,
     stem: str,
     request: Request,
@@ -148,30 +142,46 @@ async def download_stem(
     secret: CredentialsDep,
     expires: ExpiresQuery = None,
     sig: SigQuery = None,
-) -> StreamingResponse:
-    job = _succeeded(await _downloadable(request, services, secret, job_id, stem, expires, sig))
+) -> Response:
+    job = _succeeded(_downloadable(request, services, secret, job_id, stem, expires, sig))
     found = job.stems.get(stem)
     if found is None:
         names = ", ".join(job.stems) or "none"
         raise ApiError(404, "not_found", f"job {job_id} has no stem {stem!r} (it has {names})")
-    size: int = await in_thread(services.storage.size, found.key)
+    size = services.storage.size(found.key)
     extension = _extension(found.key, job)
-    headers = {
-        "Accept-Ranges": "bytes",
-        "Content-Disposition": _attachment(f"{_base_name(job)}-{stem}.{extension}"),
-    }
-    span = byte_range(request.headers.get("range"), size)
+    media_type = _MEDIA_TYPES.get(extension, "application/octet-stream")
+    headers = {"Content-Disposition": _attachment(f"{_base_name(job)}-{stem}.{extension}")}
+    span = byte_range(request.headers.get("range"), size)  # a 416 is refused here
+    path = services.storage.local_path(found.key)
+    if path is not None:
+        return _StoredFile(path, whole=span is None, headers=headers, media_type=media_type)
+    # Storage without files: the range streamed from the backend.
     start, end = span if span is not None else (0, size)
     if span is not None:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
-    headers["Content-Length"] = str(end - start)
-    chunks = await in_thread(services.storage.read_range, found.key, start, end, _CHUNK)
+    headers |= {"Accept-Ranges": "bytes", "Content-Length": str(end - start)}
+    chunks = services.storage.read_range(found.key, start, end, _CHUNK)
     return StreamingResponse(
-        chunks,
-        status_code=206 if span is not None else 200,
-        headers=headers,
-        media_type=_MEDIA_TYPES.get(extension, "application/octet-stream"),
+        chunks, status_code=206 if span is not None else 200, headers=headers, media_type=media_type
     )
+
+
+class _StoredFile(FileResponse):
+    """Starlette serves a stored file (sendfile, Range, If-Range, HEAD). A Range header that
+    :func:`byte_range` reads as "the whole file" (several ranges, a malformed one) is dropped
+    first: Starlette would answer those with a multipart body or a plain-text 400, where HTTP
+    lets a server send the whole file."""
+
+    def __init__(self, path: Path, *, whole: bool, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self.whole = whole
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.whole:
+            headers = [(name, value) for name, value in scope["headers"] if name != b"range"]
+            scope = {**scope, "headers": headers}
+        await super().__call__(scope, receive, send)
 
 
 class _Chunks:
@@ -228,7 +238,7 @@ def _zip_stream(
     response_class=StreamingResponse,
     responses={200: {"content": {"application/zip": {}}}},
 )
-async def download_zip(
+def download_zip(
     job_id: str,
     request: Request,
     services: ServicesDep,
@@ -236,10 +246,10 @@ async def download_zip(
     expires: ExpiresQuery = None,
     sig: SigQuery = None,
 ) -> StreamingResponse:
-    job = _succeeded(await _downloadable(request, services, secret, job_id, None, expires, sig))
+    job = _succeeded(_downloadable(request, services, secret, job_id, None, expires, sig))
     entries = []
     for stem in job.stems.values():
-        size: int = await in_thread(services.storage.size, stem.key)  # missing → 404 now
+        size = services.storage.size(stem.key)  # missing → 404 now
         entries.append((f"{stem.name}.{_extension(stem.key, job)}", stem.key, size))
     stamp = job.finished_at or job.created_at
     return StreamingResponse(

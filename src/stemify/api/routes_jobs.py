@@ -16,29 +16,30 @@ import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
-from stemify.api.auth import CallerDep, ServicesDep, SubmitterDep, visible_job
+from stemify.api.auth import Caller, CallerDep, ServicesDep, SubmitterDep, visible_job
 from stemify.api.errors import ApiError
+from stemify.api.job_form import (
+    FORM_SCHEMA,
+    WEBHOOK_FIELD,
+    build_spec,
+    check_fields_so_far,
+    check_link,
+    source_link,
+)
 from stemify.api.quotas import check_audio, check_running
 from stemify.api.schemas import JobListOut, JobOut
-from stemify.api.threads import in_thread
-from stemify.api.uploads import (
-    FILE_FIELD,
-    Submission,
-    build_spec,
-    check_link,
-    display_name,
-    read_submission,
-)
+from stemify.api.upload_stream import Submission, display_name, read_submission
 from stemify.audio import AudioInfo, probe
 from stemify.audio.limits import MediaLimits, media_limits
+from stemify.clock import now_utc
 from stemify.errors import AudioLimitError, InvalidAudioError
 from stemify.formatting import check_duration
+from stemify.jobs.layout import input_key, job_prefix
 from stemify.jobs.model import Job, JobStatus
 from stemify.jobs.render import job_to_dict
-from stemify.jobs.store import now_utc
-from stemify.jobs.urlguard import url_policy
-from stemify.services import Services, publish_job, submit_job
+from stemify.services import Services
 from stemify.storage import Storage, local_file
 
 router = APIRouter(tags=["jobs"])
@@ -46,26 +47,6 @@ router = APIRouter(tags=["jobs"])
 KEEPALIVE_S = 15.0
 WAIT_S = 1.0
 
-_FORM_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        FILE_FIELD: {
-            "type": "string",
-            "format": "binary",
-            "description": "The audio (or video) file. Send either file or url.",
-        },
-        "url": {"type": "string", "description": "An http(s) link the worker downloads."},
-        "model": {"type": "string", "description": "Default: the server's default model."},
-        "stems": {"type": "string", "description": "Comma-separated subset, e.g. vocals,drums."},
-        "two_stems": {"type": "string", "description": "e.g. vocals: vocals + no_vocals."},
-        "output_format": {"type": "string", "enum": ["wav", "flac", "mp3"], "default": "wav"},
-        "bit_depth": {"type": "integer", "enum": [16, 24, 32], "default": 16},
-        "mp3_bitrate": {"type": "integer", "default": 320},
-        "shifts": {"type": "integer", "minimum": 0, "maximum": 10, "default": 1},
-        "overlap": {"type": "number", "minimum": 0, "maximum": 0.99, "default": 0.25},
-        "webhook_url": {"type": "string", "description": "Called (signed) when the job ends."},
-    },
-}
 _SUBMIT_DOC: dict[str, Any] = {
     "summary": "Submit a job",
     "description": (
@@ -76,8 +57,8 @@ _SUBMIT_DOC: dict[str, Any] = {
         "requestBody": {
             "required": True,
             "content": {
-                "multipart/form-data": {"schema": _FORM_SCHEMA},
-                "application/x-www-form-urlencoded": {"schema": _FORM_SCHEMA},
+                "multipart/form-data": {"schema": FORM_SCHEMA},
+                "application/x-www-form-urlencoded": {"schema": FORM_SCHEMA},
             },
         }
     },
@@ -90,7 +71,7 @@ _SUBMIT_DOC: dict[str, Any] = {
 
 
 def _job_dict(services: Services, job: Job) -> dict[str, Any]:
-    return job_to_dict(job, links=services.link_signer())  # signed stem and zip links
+    return job_to_dict(job, links=services.links)  # signed stem and zip links
 
 
 def _job_response(services: Services, job: Job, status: int = 200) -> JSONResponse:
@@ -119,44 +100,37 @@ def _probe_stored(storage: Storage, key: str, limits: MediaLimits) -> AudioInfo:
 
 
 def _check_source(fields: dict[str, str], has_file: bool) -> None:
-    if has_file and "url" in fields:
+    link = source_link(fields)
+    if has_file and link is not None:
         raise ApiError(400, "bad_request", "send either a file or a url, not both")
-    if not has_file and "url" not in fields:
+    if not has_file and link is None:
         raise ApiError(400, "bad_request", "send the audio as a `file` upload or as a `url` link")
 
 
-async def _build_job(
-    services: Services,
-    submission: Submission,
-    job_id: str,
-    owner: str | None,
-    idempotency_key: str | None,
+def _build_job(
+    services: Services, submission: Submission, job_id: str, owner: str | None, key: str | None
 ) -> Job:
+    """The job of a fully read form (blocking: it reads the model directory, resolves hosts
+    and probes the upload)."""
     settings, fields, upload = services.settings, submission.fields, submission.upload
     _check_source(fields, upload is not None)
-    spec = await in_thread(build_spec, fields, settings.model_dir, settings.default_model)
-    webhook = fields.get("webhook_url", "").strip()
+    webhook = fields.get(WEBHOOK_FIELD, "").strip()
     job = Job(
         id=job_id,
-        spec=spec,
+        spec=build_spec(fields, settings.model_dir, settings.default_model),
         source="upload" if upload is not None else "url",
         created_at=now_utc(),
         owner=owner,
-        webhook_url=(
-            await in_thread(check_link, webhook, "webhook_url", url_policy(settings))
-            if webhook
-            else None
-        ),
-        idempotency_key=idempotency_key,
+        webhook_url=check_link(webhook, WEBHOOK_FIELD, services.url_policy) if webhook else None,
+        idempotency_key=key,
     )
     if upload is None:
-        # Resolves the host: in a thread.
-        job.source_url = await in_thread(check_link, fields["url"], "url", url_policy(settings))
+        link = source_link(fields)
+        assert link is not None
+        job.source_url = check_link(link, "url", services.url_policy)
         job.input_name = display_name(unquote(urlsplit(job.source_url).path))
         return job
-    info: AudioInfo = await in_thread(
-        _probe_stored, services.storage, upload.key, media_limits(settings)
-    )
+    info = _probe_stored(services.storage, upload.key, media_limits(settings))
     job.input_name = upload.name
     job.input_key = upload.key
     job.input_sha256 = upload.sha256
@@ -166,9 +140,30 @@ async def _build_job(
     return job
 
 
+def _accept(
+    services: Services, submission: Submission, job_id: str, caller: Caller, key: str | None
+) -> Job:
+    job = _build_job(services, submission, job_id, caller.key_id, key)
+    if caller.limits is not None and job.input_duration_s is not None:
+        check_audio(services.usage, caller.key_id, caller.limits, now_utc(), job.input_duration_s)
+    return services.jobs.submit(job)
+
+
 async def _discard(storage: Storage, job_id: str) -> None:
     with anyio.CancelScope(shield=True):
-        await in_thread(storage.delete_prefix, f"jobs/{job_id}/")
+        await run_in_threadpool(storage.delete_prefix, job_prefix(job_id))
+
+
+def _before_reading(services: Services, caller: Caller, key: str | None) -> Job | None:
+    """Answered before a byte of the body is read: a replayed idempotency key, or a limit."""
+    if key is not None:
+        earlier = services.store.find_idempotent(caller.key_id, key)
+        if earlier is not None:
+            return earlier
+    if caller.limits is not None:
+        check_running(services.store, caller.key_id, caller.limits)
+        check_audio(services.usage, caller.key_id, caller.limits, now_utc())
+    return None
 
 
 async def submit(
@@ -179,32 +174,28 @@ async def submit(
         str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255)
     ] = None,
 ) -> JSONResponse:
-    store, settings = services.store, services.settings
-    if idempotency_key is not None:
-        earlier = await in_thread(store.find_idempotent, caller.key_id, idempotency_key)
-        if earlier is not None:  # answered without reading (or storing) the body again
-            return _job_response(services, earlier)
-    if caller.limits is not None:  # refused before a byte of the upload is read
-        await in_thread(check_running, store, caller.key_id, caller.limits)
-        await in_thread(check_audio, store, caller.key_id, caller.limits, now_utc())
-    job_id = uuid.uuid4().hex
+    # Async: the body is read as a stream. Blocking steps go to the thread pool.
+    earlier = await run_in_threadpool(_before_reading, services, caller, idempotency_key)
+    if earlier is not None:
+        return _job_response(services, earlier)
+    settings, job_id = services.settings, uuid.uuid4().hex
 
-    async def check_early(fields: dict[str, str]) -> None:
+    def check_early(fields: dict[str, str]) -> None:
         _check_source(fields, has_file=True)
-        await in_thread(build_spec, fields, settings.model_dir, settings.default_model)
-        if webhook := fields.get("webhook_url", "").strip():
-            await in_thread(check_link, webhook, "webhook_url", url_policy(settings))
+        check_fields_so_far(fields, settings.model_dir)
+        if webhook := fields.get(WEBHOOK_FIELD, "").strip():
+            check_link(webhook, WEBHOOK_FIELD, services.url_policy)
+
+    async def on_file_start(fields: dict[str, str]) -> None:
+        await run_in_threadpool(check_early, fields)
 
     submission = await read_submission(
-        request, services.storage, f"jobs/{job_id}/input", settings.max_upload_mb, check_early
+        request, services.storage, input_key(job_id), settings.max_upload_mb, on_file_start
     )
     try:
-        job = await _build_job(services, submission, job_id, caller.key_id, idempotency_key)
-        if caller.limits is not None and job.input_duration_s is not None:
-            await in_thread(
-                check_audio, store, caller.key_id, caller.limits, now_utc(), job.input_duration_s
-            )
-        stored: Job = await in_thread(submit_job, services, job)
+        stored = await run_in_threadpool(
+            _accept, services, submission, job_id, caller, idempotency_key
+        )
     except BaseException:
         if submission.upload is not None:
             await _discard(services.storage, job_id)
@@ -225,7 +216,7 @@ router.add_api_route(
 
 
 @router.get("/jobs", summary="List jobs, newest first", response_model=JobListOut)
-async def list_jobs(
+def list_jobs(
     services: ServicesDep,
     caller: CallerDep,
     status: JobStatus | None = None,
@@ -233,13 +224,8 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JSONResponse:
     try:
-        jobs, next_cursor = await in_thread(
-            services.store.list_jobs,
-            owner=caller.key_id,
-            all_owners=caller.admin,
-            status=status,
-            cursor=cursor,
-            limit=limit,
+        jobs, next_cursor = services.store.list_jobs(
+            owner=caller.key_id, all_owners=caller.admin, status=status, cursor=cursor, limit=limit
         )
     except ValueError:
         raise ApiError(400, "bad_request", "invalid cursor") from None
@@ -251,50 +237,35 @@ async def list_jobs(
 # The response models document the shape; the dicts are returned as JSONResponse, so the
 # hottest route (status polling) does not validate and re-serialise every job.
 @router.get("/jobs/{job_id}", summary="Get a job", response_model=JobOut)
-async def get_job(job_id: str, services: ServicesDep, caller: CallerDep) -> JSONResponse:
-    return _job_response(services, await visible_job(services, caller, job_id))
-
-
-def _wait_for_event(subscription: Any, timeout: float) -> None:
-    """Block until an event arrives (or ``timeout``), then drop any backlog: one store read
-    catches up with all of them."""
-    if subscription.get(timeout) is None:
-        return
-    for _ in range(1000):
-        if subscription.get(0) is None:
-            return
-
-
-def _sse(services: Services, job: Job) -> tuple[str, str]:
-    data = json.dumps(_job_dict(services, job), separators=(",", ":"))
-    return data, f"event: job\ndata: {data}\n\n"
+def get_job(job_id: str, services: ServicesDep, caller: CallerDep) -> JSONResponse:
+    return _job_response(services, visible_job(services, caller, job_id))
 
 
 async def _event_stream(
     request: Request, services: Services, job_id: str, limiter: anyio.CapacityLimiter
 ) -> AsyncIterator[str]:
-    # Subscribed before the first read, so nothing that happens after it is missed.
-    subscribing = services.events.subscribe(job_id)
-    subscription = await anyio.to_thread.run_sync(subscribing.__enter__, limiter=limiter)
+    # Watched before the first read, so no change after it is missed.
+    watching = services.events.watch(job_id)
+    watch = await anyio.to_thread.run_sync(watching.__enter__, limiter=limiter)
     try:
-        job: Job | None = await in_thread(services.store.get, job_id)
+        job = await run_in_threadpool(services.store.get, job_id)
         last, sent_at = "", time.monotonic()
         while job is not None:
-            data, event = _sse(services, job)
+            data = json.dumps(_job_dict(services, job), separators=(",", ":"))
             if data != last:
                 last, sent_at = data, time.monotonic()
-                yield event
+                yield f"event: job\ndata: {data}\n\n"
             elif time.monotonic() - sent_at >= KEEPALIVE_S:
                 sent_at = time.monotonic()
                 yield ": keep-alive\n\n"
             if job.status.finished or await request.is_disconnected():
                 return
-            await anyio.to_thread.run_sync(_wait_for_event, subscription, WAIT_S, limiter=limiter)
-            job = await in_thread(services.store.get, job_id)
+            await anyio.to_thread.run_sync(watch.wait, WAIT_S, limiter=limiter)
+            job = await run_in_threadpool(services.store.get, job_id)
         yield f"event: deleted\ndata: {json.dumps({'id': job_id})}\n\n"
     finally:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(subscribing.__exit__, None, None, None, limiter=limiter)
+            await anyio.to_thread.run_sync(watching.__exit__, None, None, None, limiter=limiter)
 
 
 @router.get(
@@ -303,10 +274,10 @@ async def _event_stream(
     response_class=StreamingResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
 )
-async def job_events(
+def job_events(
     job_id: str, request: Request, services: ServicesDep, caller: CallerDep
 ) -> StreamingResponse:
-    await visible_job(services, caller, job_id)
+    visible_job(services, caller, job_id)
     return StreamingResponse(
         _event_stream(request, services, job_id, request.app.state.event_waiters),
         media_type="text/event-stream",
@@ -320,26 +291,26 @@ async def job_events(
 @router.post(
     "/jobs/{job_id}/cancel", status_code=202, summary="Cancel a job", response_model=JobOut
 )
-async def cancel_job(job_id: str, services: ServicesDep, caller: CallerDep) -> JSONResponse:
-    job = await visible_job(services, caller, job_id)
+def cancel_job(job_id: str, services: ServicesDep, caller: CallerDep) -> JSONResponse:
+    job = visible_job(services, caller, job_id)
     if job.status.finished:
         raise ApiError(409, "conflict", f"job already {job.status.value}")
-    updated: Job | None = await in_thread(services.store.request_cancel, job_id, now_utc())
+    updated = services.store.request_cancel(job_id, now_utc())
     if updated is None:
         raise ApiError(404, "not_found", f"job {job_id} not found")
     if updated.status == JobStatus.CANCELED:  # it was queued; a running job ends in its worker
-        services.metrics.job_finished(updated.spec.model, "canceled", updated.error_code)
-    await in_thread(publish_job, services, updated)
+        services.jobs.finished(updated)
+    else:
+        services.jobs.changed(job_id)
     return _job_response(services, updated, 202)
 
 
 @router.delete("/jobs/{job_id}", status_code=204, summary="Delete a job and its files")
-async def delete_job(job_id: str, services: ServicesDep, caller: CallerDep) -> Response:
-    job = await visible_job(services, caller, job_id)
+def delete_job(job_id: str, services: ServicesDep, caller: CallerDep) -> Response:
+    job = visible_job(services, caller, job_id)
     if not job.status.finished:
-        await in_thread(services.store.request_cancel, job_id, now_utc())
-    await in_thread(services.storage.delete_prefix, f"jobs/{job_id}/")
-    await in_thread(services.store.delete, job_id)
-    # Wakes up event listeners, who then find the job gone.
-    await in_thread(services.events.publish, job_id, {"id": job_id, "status": "deleted"})
+        services.store.request_cancel(job_id, now_utc())
+    services.storage.delete_prefix(job_prefix(job_id))
+    services.store.delete(job_id)
+    services.jobs.changed(job_id)  # event listeners then find the job gone
     return Response(status_code=204)

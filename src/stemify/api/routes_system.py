@@ -13,7 +13,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from stemify.api.auth import CallerDep, ServicesDep
-from stemify.jobs.store import now_utc
+from stemify.clock import now_utc
 from stemify.models import list_models
 from stemify.services import Services
 
@@ -24,8 +24,8 @@ CHECK_TIMEOUT_S = 5.0
 
 
 @router.get("/models", summary="Models: the official catalogue and local ones")
-async def models(services: ServicesDep, _caller: CallerDep) -> dict[str, Any]:
-    statuses = await anyio.to_thread.run_sync(list_models, services.settings.model_dir)
+def models(services: ServicesDep, _caller: CallerDep) -> dict[str, Any]:
+    statuses = list_models(services.settings.model_dir)
     loaded = set(services.models.loaded())
     return {
         "default_model": services.settings.default_model,
@@ -49,7 +49,8 @@ async def health(services: ServicesDep) -> dict[str, Any]:
     """Always 200 while the process answers (a store outage is for /ready to report); the
     queue and workers are included when the store answers in time, else null and []."""
     queue, workers = await _queue_status(services)
-    return {"status": "ok", "queue": queue, "workers": workers}
+    # queue_status: the name the origin document's runbook reads (`jq .queue_status`).
+    return {"status": "ok", "queue": queue, "queue_status": queue, "workers": workers}
 
 
 def _gigabytes(size: int) -> str:
@@ -109,7 +110,7 @@ def _queue_and_workers(services: Services) -> tuple[dict[str, Any], list[dict[st
             "last_seen_age_s": round((now - w.last_seen).total_seconds(), 1),
             "running": w.running,
         }
-        for w in services.store.workers_alive(seen_after)
+        for w in services.workers.alive(seen_after)
     ]
     queue = {
         "depth": stats.queued,
@@ -146,7 +147,7 @@ async def _queue_status(services: Services) -> tuple[dict[str, Any] | None, list
 )
 async def ready(services: ServicesDep) -> JSONResponse:
     checks = {
-        "store": await _check("store", _ping(services.store.ping)),
+        "store": await _check("store", _ping(services.db.ping)),
         "queue": await _check("queue", _ping(services.queue.ping)),
         "storage": await _check("storage", lambda: _storage_detail(services)),
         "models": await _check("models", lambda: _models_detail(services)),
@@ -160,6 +161,7 @@ async def ready(services: ServicesDep) -> JSONResponse:
         "status": "ready" if ok else "not_ready",
         "checks": checks,
         "queue": queue,
+        "queue_status": queue,
         "workers": workers,
     }
     return JSONResponse(body, status_code=200 if ok else 503)

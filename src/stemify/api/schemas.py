@@ -82,5 +82,5 @@ class UsageOut(BaseModel):
     key_id: str | None
     submissions_per_minute: RateOut
     reads_per_minute: RateOut
-    running_jobs: RunningOut
-    audio_minutes_today: AudioOut
+    max_running_jobs: RunningOut
+    daily_audio_minutes: AudioOut

@@ -10,29 +10,33 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from stemify.errors import ToolMissingError
+from stemify.settings import Settings
 
-if TYPE_CHECKING:
-    from stemify.settings import Settings
+
+def _setting(name: str) -> Any:
+    """A limit's default is its setting's default: declared once, in Settings."""
+    return Settings.model_fields[name].default
 
 
 @dataclass(frozen=True)
 class MediaLimits:
-    memory_mb: int = 1024
+    memory_mb: int = _setting("ffmpeg_memory_mb")
     """Address space of each ffprobe/ffmpeg process (its shared libraries alone take ~150)."""
-    cpu_s: int = 3600
+    cpu_s: int = _setting("ffmpeg_cpu_s")
     """CPU seconds of each ffprobe/ffmpeg process."""
-    probe_timeout_s: float = 30.0
+    probe_timeout_s: float = _setting("ffprobe_timeout_s")
     """Wall time of each ffprobe run."""
-    stall_s: float = 120.0
+    stall_s: float = _setting("ffmpeg_stall_s")
     """A decoding ffmpeg that produces no audio for this long is stopped."""
-    max_channels: int = 16
-    min_samplerate: int = 8000
-    max_samplerate: int = 384000
+    max_channels: int = _setting("max_channels")
+    min_samplerate: int = _setting("min_samplerate")
+    max_samplerate: int = _setting("max_samplerate")
     max_duration_s: float | None = None
-    """Decoding stops with an error once this much audio came out, whatever the header said."""
+    """Decoding stops with an error once this much audio came out, whatever the header said
+    (the service sets its limit; ``stemify separate`` has none)."""
 
     def __post_init__(self) -> None:
         if self.memory_mb <= 0 or self.cpu_s <= 0:

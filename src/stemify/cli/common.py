@@ -5,11 +5,17 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
+from stemify.errors import StemifyError
+from stemify.redaction import redact_url
 from stemify.settings import Settings
+
+if TYPE_CHECKING:
+    from stemify.observability.metrics import Metrics
+    from stemify.services import Services
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -32,3 +38,18 @@ def settings_from(model_dir: Path | None) -> Settings:
 def fail(message: str) -> NoReturn:
     click.echo(f"stemify: error: {message}", err=True)
     sys.exit(1)
+
+
+def services_from(settings: Settings, metrics: Metrics | None = None) -> Services:
+    from sqlalchemy.exc import OperationalError
+
+    from stemify.services import build_services
+
+    try:
+        return build_services(settings, metrics)
+    except StemifyError as exc:
+        fail(exc.message)
+    except OperationalError as exc:
+        # One line, and never the URL: it may hold the password.
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        fail(f"cannot open the database (STEMIFY_DATABASE_URL): {redact_url(reason)}")

@@ -8,10 +8,13 @@ from pydantic_core import ErrorDetails
 
 from stemify import __version__
 from stemify.cli.common import fail
+from stemify.cli.config import config
 from stemify.cli.evaluate import evaluate
+from stemify.cli.jobs import jobs
+from stemify.cli.keys import keys
 from stemify.cli.models import models
 from stemify.cli.separate import separate
-from stemify.cli.service import config, jobs, keys, serve, worker
+from stemify.cli.serve import serve, worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

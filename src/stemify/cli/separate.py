@@ -19,6 +19,7 @@ from stemify.engine import (
     SeparationResult,
     separate_file,
 )
+from stemify.engine.params import default_of, help_of
 from stemify.errors import InvalidOptionError, StemifyError
 from stemify.models import load_model
 from stemify.settings import Settings
@@ -80,23 +81,33 @@ class _Bar:
     show_default=True,
     help="Folder of the results; stems go under OUT/MODEL/.",
 )
-@click.option("--two-stems", metavar="STEM", help="Only STEM and no_STEM (e.g. vocals).")
-@click.option(
-    "--stems", metavar="LIST", help="Only these stems, comma separated (e.g. vocals,drums)."
-)
+@click.option("--two-stems", metavar="STEM", help=help_of("two_stems"))
+@click.option("--stems", metavar="LIST", help=help_of("stems"))
 @click.option("--mp3", is_flag=True, help="Write mp3.")
-@click.option("--mp3-bitrate", type=int, default=320, show_default=True, help="kbps, 96 to 320.")
+@click.option(
+    "--mp3-bitrate",
+    type=int,
+    default=default_of("mp3_bitrate"),
+    show_default=True,
+    help=help_of("mp3_bitrate"),
+)
 @click.option("--flac", is_flag=True, help="Write flac (16-bit, or 24 with --int24).")
 @click.option("--int24", is_flag=True, help="24-bit integer wav or flac.")
 @click.option("--float32", is_flag=True, help="32-bit float wav.")
 @click.option(
     "--shifts",
     type=int,
-    default=1,
+    default=default_of("shifts"),
     show_default=True,
-    help="Random time shifts averaged; N times slower, a little better.",
+    help=help_of("shifts"),
 )
-@click.option("--overlap", type=float, default=0.25, show_default=True, help="Segment overlap.")
+@click.option(
+    "--overlap",
+    type=float,
+    default=default_of("overlap"),
+    show_default=True,
+    help=help_of("overlap"),
+)
 @click.option("--segment", type=float, help="Segment length in seconds (default: the model's).")
 @click.option(
     "--clip-mode",

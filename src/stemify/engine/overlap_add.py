@@ -23,8 +23,9 @@ import torch
 from demucs.apply import BagOfModels
 from demucs.htdemucs import HTDemucs
 
+from stemify.engine.params import check_bounds, default_of
 from stemify.engine.progress import CancelToken
-from stemify.errors import CancelledError, InvalidOptionError
+from stemify.errors import CanceledError, InvalidOptionError
 
 Audio = npt.NDArray[np.float32]
 
@@ -35,18 +36,16 @@ class RandInt(Protocol):
 
 @dataclass(frozen=True)
 class InferenceOptions:
-    shifts: int = 1
-    overlap: float = 0.25
+    shifts: int = default_of("shifts")
+    overlap: float = default_of("overlap")
     segment: float | None = None  # seconds; None = the model's own
     batch_size: int = 1  # segments stacked into one forward pass
     device: str = "cpu"
     transition_power: float = 1.0
 
     def validate(self, model: Any) -> None:
-        if not 0 <= self.shifts <= 20:
-            raise InvalidOptionError(f"shifts must be between 0 and 20, got {self.shifts}")
-        if not 0.0 <= self.overlap < 1.0:
-            raise InvalidOptionError(f"overlap must be in [0, 1), got {self.overlap}")
+        check_bounds("shifts", self.shifts)
+        check_bounds("overlap", self.overlap)
         if not 1 <= self.batch_size <= 64:
             raise InvalidOptionError(f"batch_size must be between 1 and 64, got {self.batch_size}")
         if self.transition_power < 1.0:
@@ -275,8 +274,8 @@ def stream_separate(
         if pending:
             current = min(pending, key=lambda p: p.final_until)
             batch = current.next_batch(options.batch_size)
-            if cancel is not None and cancel.cancelled:
-                raise CancelledError()
+            if cancel is not None and cancel.canceled:
+                raise CanceledError()
             inputs = [
                 torch.from_numpy(reader.read(start, start + s.valid))
                 for s in batch

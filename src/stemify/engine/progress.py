@@ -38,7 +38,7 @@ class CancelToken:
         self._event.set()
 
     @property
-    def cancelled(self) -> bool:
+    def canceled(self) -> bool:
         return self._event.is_set()
 
 

@@ -1,92 +1,94 @@
-"""Job events (progress, status) fanned out to Server-Sent Events listeners.
+""" "Job X changed": said by whoever changes a job, waited for by SSE streams.
 
-Events only wake listeners up early: the store stays the truth, and a listener that misses
-one still catches up from the store on its next poll.
+An event carries nothing but the job id: a waiter that wakes up reads the job from the store,
+which stays the truth, so a missed or doubled event costs at most one poll interval.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import queue
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
 import redis
 
+# A flood of changes is one wake-up: a waiter drains at most this many queued messages.
+_DRAIN = 1000
 
-class Subscription(Protocol):
-    def get(self, timeout: float) -> dict[str, Any] | None: ...
 
-
-class EventBus(Protocol):
-    def publish(self, job_id: str, event: dict[str, Any]) -> None: ...
-
-    def subscribe(self, job_id: str) -> Any:
-        """A context manager yielding a :class:`Subscription`."""
+class Watch(Protocol):
+    def wait(self, timeout: float) -> bool:
+        """Block until the job changed since the last wait (True) or ``timeout`` passed."""
         ...
 
 
-class _LocalSubscription:
-    def __init__(self) -> None:
-        self.queue: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=1000)
+class EventBus(Protocol):
+    def changed(self, job_id: str) -> None: ...
 
-    def get(self, timeout: float) -> dict[str, Any] | None:
-        try:
-            return self.queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
+    def watch(self, job_id: str) -> AbstractContextManager[Watch]:
+        """Subscribed on entry: a change after entering is never missed."""
+        ...
+
+
+class _LocalWatch:
+    def __init__(self) -> None:
+        self.flag = threading.Event()
+
+    def wait(self, timeout: float) -> bool:
+        changed = self.flag.wait(timeout)
+        self.flag.clear()
+        return changed
 
 
 class LocalEventBus:
     """Embedded mode: API and workers share one process."""
 
     def __init__(self) -> None:
-        self._subscribers: dict[str, list[_LocalSubscription]] = {}
+        self._watches: dict[str, list[_LocalWatch]] = {}
         self._lock = threading.Lock()
 
-    def publish(self, job_id: str, event: dict[str, Any]) -> None:
+    def changed(self, job_id: str) -> None:
         with self._lock:
-            targets = list(self._subscribers.get(job_id, ()))
-        for subscription in targets:
-            # A stalled listener drops events and catches up from the store.
-            with contextlib.suppress(queue.Full):
-                subscription.queue.put_nowait(event)
+            targets = list(self._watches.get(job_id, ()))
+        for watch in targets:
+            watch.flag.set()
 
     @contextmanager
-    def subscribe(self, job_id: str) -> Iterator[_LocalSubscription]:
-        subscription = _LocalSubscription()
+    def watch(self, job_id: str) -> Iterator[_LocalWatch]:
+        watch = _LocalWatch()
         with self._lock:
-            self._subscribers.setdefault(job_id, []).append(subscription)
+            self._watches.setdefault(job_id, []).append(watch)
         try:
-            yield subscription
+            yield watch
         finally:
             with self._lock:
-                listeners = self._subscribers.get(job_id, [])
-                listeners.remove(subscription)
-                if not listeners:
-                    self._subscribers.pop(job_id, None)
+                watches = self._watches.get(job_id, [])
+                watches.remove(watch)
+                if not watches:
+                    self._watches.pop(job_id, None)
 
 
-class _RedisSubscription:
+class _RedisWatch:
     def __init__(self, pubsub: Any) -> None:
         self._pubsub = pubsub
 
-    def get(self, timeout: float) -> dict[str, Any] | None:
+    def _message(self, timeout: float) -> bool:
         message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=timeout)
-        if message is None or message.get("type") != "message":
-            return None
-        try:
-            event: dict[str, Any] = json.loads(message["data"])
-        except (ValueError, TypeError):
-            return None
-        return event
+        return message is not None and message.get("type") == "message"
+
+    def wait(self, timeout: float) -> bool:
+        if not self._message(timeout):
+            return False
+        for _ in range(_DRAIN):
+            if not self._message(0):
+                break
+        return True
 
 
 class RedisEventBus:
-    """Distributed mode: Redis pub/sub, so a worker's progress reaches every API process."""
+    """Distributed mode: Redis pub/sub, so a worker's change reaches every API process."""
 
     def __init__(self, client: redis.Redis, prefix: str = "stemify") -> None:
         self._client = client
@@ -95,16 +97,16 @@ class RedisEventBus:
     def _channel(self, job_id: str) -> str:
         return f"{self._prefix}:events:{job_id}"
 
-    def publish(self, job_id: str, event: dict[str, Any]) -> None:
-        # Progress is best effort: the store has the state.
+    def changed(self, job_id: str) -> None:
+        # Best effort: the store has the state, and waiters poll it anyway.
         with contextlib.suppress(redis.RedisError):
-            self._client.publish(self._channel(job_id), json.dumps(event))
+            self._client.publish(self._channel(job_id), "changed")
 
     @contextmanager
-    def subscribe(self, job_id: str) -> Iterator[_RedisSubscription]:
+    def watch(self, job_id: str) -> Iterator[_RedisWatch]:
         pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
         pubsub.subscribe(self._channel(job_id))
         try:
-            yield _RedisSubscription(pubsub)
+            yield _RedisWatch(pubsub)
         finally:
             pubsub.close()

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
-from stemify.audio import OutputFormat
+from pydantic import Field
+
 from stemify.engine import InferenceOptions, SeparationOptions
+from stemify.engine.params import SeparationParams
 
 
 class JobStatus(StrEnum):
@@ -34,37 +36,21 @@ class Stage(StrEnum):
     STORING = "storing"
 
 
-@dataclass(frozen=True)
-class JobSpec:
+class JobSpec(SeparationParams):
     """The separation parameters of a job; with the input's sha256 they decide dedup hits."""
 
-    model: str = "htdemucs"
-    stems: tuple[str, ...] | None = None
-    two_stems: str | None = None
-    output_format: Literal["wav", "flac", "mp3"] = "wav"
-    bit_depth: int = 16
-    mp3_bitrate: int = 320
-    shifts: int = 1
-    overlap: float = 0.25
+    model: str = Field(default="htdemucs", description="Default: the server's default model.")
 
     def params_hash(self) -> str:
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["stems"] = list(self.stems) if self.stems is not None else None
-        return data
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobSpec:
-        stems = data.get("stems")
-        return cls(**{**data, "stems": tuple(stems) if stems is not None else None})
-
-    def output(self) -> OutputFormat:
-        return OutputFormat(
-            container=self.output_format, bit_depth=self.bit_depth, mp3_bitrate=self.mp3_bitrate
-        )
+        return cls.model_validate(data)
 
     def separation_options(self, *, device: str, batch_size: int) -> SeparationOptions:
         return SeparationOptions(

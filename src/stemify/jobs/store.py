@@ -9,122 +9,47 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import fcntl
-import hashlib
-import os
-import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
+from datetime import UTC, datetime
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import (
-    Engine,
-    and_,
-    create_engine,
-    delete,
-    event,
-    func,
-    or_,
-    select,
-    text,
-    update,
-)
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
 
+from stemify.db.database import Database
+from stemify.db.schema import JobRow
 from stemify.jobs.model import Job, JobSpec, JobStatus, Stage, StemFile
-from stemify.jobs.schema import ApiKeyRow, AudioUsageRow, JobRow, WorkerRow
-
-MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC)
-
-
-def _engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            # WAL lets readers (the API) work while a writer (a worker) commits.
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
-
-
-def _to_job(row: JobRow) -> Job:
-    return Job(
-        id=row.id,
-        owner=row.owner or None,
-        spec=JobSpec.from_dict(row.spec),
-        source=row.source,  # type: ignore[arg-type]
-        created_at=row.created_at,
-        status=JobStatus(row.status),
-        stage=Stage(row.stage) if row.stage else None,
-        progress=row.progress,
-        eta_s=row.eta_s,
-        error_code=row.error_code,
-        error_message=row.error_message,
-        source_url=row.source_url,
-        input_name=row.input_name,
-        input_key=row.input_key,
-        input_sha256=row.input_sha256,
-        input_size=row.input_size,
-        input_duration_s=row.input_duration_s,
-        input_format=row.input_format,
-        cache_hit=row.cache_hit,
-        stems={name: StemFile(name, s["key"], s["size"]) for name, s in (row.stems or {}).items()},
-        quality=row.quality,
-        stage_seconds=dict(row.stage_seconds or {}),
-        webhook_url=row.webhook_url,
-        idempotency_key=row.idempotency_key,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        expires_at=row.expires_at,
-        heartbeat_at=row.heartbeat_at,
-        worker_id=row.worker_id,
-        attempts=row.attempts,
-        cancel_requested=row.cancel_requested,
-    )
 
 
 def _stems_json(stems: dict[str, StemFile]) -> dict[str, Any]:
     return {name: {"key": s.key, "size": s.size} for name, s in stems.items()}
 
 
-@dataclass(frozen=True)
-class KeyLimits:
-    """A key's own limits; None: the settings' default."""
-
-    rate_per_minute: int | None = None
-    read_rate_per_minute: int | None = None
-    max_running: int | None = None
-    daily_minutes: float | None = None
+def _stems_of(data: dict[str, Any] | None) -> dict[str, StemFile]:
+    return {name: StemFile(name, s["key"], s["size"]) for name, s in (data or {}).items()}
 
 
-@dataclass(frozen=True)
-class ApiKey:
-    id: str
-    name: str
-    prefix: str
-    admin: bool
-    created_at: datetime
-    revoked_at: datetime | None
-    limits: KeyLimits = KeyLimits()
+# The one mapping between the Job dataclass and its row: every Job field is a column of the
+# same name, converted by (to the row, from the row) where the types differ.
+_CONVERTERS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+    "owner": (lambda owner: owner or "", lambda owner: owner or None),
+    "status": (lambda status: status.value, JobStatus),
+    "stage": (lambda stage: stage.value if stage else None, lambda v: Stage(v) if v else None),
+    "spec": (lambda spec: spec.to_dict(), JobSpec.from_dict),
+    "stems": (_stems_json, _stems_of),
+    "stage_seconds": (dict, lambda value: dict(value or {})),
+}
+_SAME = (lambda value: value, lambda value: value)
+_FIELDS = [field.name for field in dataclasses.fields(Job)]
+
+
+def _row_values(job: Job) -> dict[str, Any]:
+    return {name: _CONVERTERS.get(name, _SAME)[0](getattr(job, name)) for name in _FIELDS}
+
+
+def _to_job(row: JobRow) -> Job:
+    return Job(**{name: _CONVERTERS.get(name, _SAME)[1](getattr(row, name)) for name in _FIELDS})
 
 
 @dataclass(frozen=True)
@@ -132,15 +57,6 @@ class QueueStats:
     queued: int
     running: int
     oldest_queued_age_s: float | None
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    id: str
-    hostname: str
-    pid: int
-    last_seen: datetime
-    running: int
 
 
 def _encode_cursor(job: Job) -> str:
@@ -158,58 +74,12 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 class JobStore:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
-    @classmethod
-    def from_url(cls, url: str) -> JobStore:
-        return cls(_engine(url))
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-    # ---- schema --------------------------------------------------------------------------
-
-    def migrate(self) -> None:
-        """Bring the schema to the newest migration; safe when several processes start."""
-        with self._migration_lock(), self.engine.begin() as connection:
-            config = Config()
-            config.set_main_option("script_location", str(MIGRATIONS))
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
-
-    @contextmanager
-    def _migration_lock(self) -> Iterator[None]:
-        if self.engine.dialect.name == "postgresql":
-            with self.engine.connect() as connection:
-                connection.execute(text("SELECT pg_advisory_lock(7274001)"))
-                try:
-                    yield
-                finally:
-                    connection.execute(text("SELECT pg_advisory_unlock(7274001)"))
-                    connection.commit()
-            return
-        database = self.engine.url.database
-        if not database or database == ":memory:":
-            yield
-            return
-        with open(f"{database}.migrate-lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
-
-    def ping(self) -> None:
-        with self.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-
-    @contextmanager
-    def _session(self) -> Iterator[Session]:
-        with self._sessions.begin() as session:
-            yield session
-
-    def _update(self, connection_where: Any, **values: Any) -> bool:
-        with self._session() as session:
-            result = session.execute(update(JobRow).where(connection_where).values(**values))
+    def _update(self, where: Any, **values: Any) -> bool:
+        with self.db.session() as session:
+            result = session.execute(update(JobRow).where(where).values(**values))
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
     # ---- creating and reading jobs --------------------------------------------------------
@@ -218,40 +88,11 @@ class JobStore:
         """Insert ``job``; with an idempotency key already used by its owner, return that job
         instead. The flag says whether ``job`` was created."""
         row = JobRow(
-            id=job.id,
-            owner=job.owner or "",
-            status=job.status.value,
-            stage=job.stage.value if job.stage else None,
-            progress=job.progress,
-            spec=job.spec.to_dict(),
-            params_hash=job.spec.params_hash(),
-            source=job.source,
-            source_url=job.source_url,
-            input_name=job.input_name,
-            input_key=job.input_key,
-            input_sha256=job.input_sha256,
-            input_size=job.input_size,
-            input_duration_s=job.input_duration_s,
-            input_format=job.input_format,
-            cache_hit=job.cache_hit,
-            stems=_stems_json(job.stems),
-            quality=job.quality,
-            stage_seconds=job.stage_seconds,
-            webhook_url=job.webhook_url,
-            idempotency_key=job.idempotency_key,
-            created_at=job.created_at,
-            started_at=job.started_at,
-            finished_at=job.finished_at,
-            expires_at=job.expires_at,
-            enqueued_at=job.created_at,
-            attempts=job.attempts,
+            **_row_values(job), params_hash=job.spec.params_hash(), enqueued_at=job.created_at
         )
         try:
-            with self._session() as session:
+            with self.db.session() as session:
                 session.add(row)
-                session.flush()  # a replayed idempotency key fails here, before charging
-                if job.input_duration_s is not None:
-                    self._charge(session, job.owner, job.created_at.date(), job.input_duration_s)
         except IntegrityError:
             if job.idempotency_key is None:
                 raise
@@ -262,12 +103,12 @@ class JobStore:
         return job, True
 
     def get(self, job_id: str) -> Job | None:
-        with self._session() as session:
+        with self.db.session() as session:
             row = session.get(JobRow, job_id)
             return _to_job(row) if row else None
 
     def find_idempotent(self, owner: str | None, key: str) -> Job | None:
-        with self._session() as session:
+        with self.db.session() as session:
             row = session.scalars(
                 select(JobRow).where(JobRow.owner == (owner or ""), JobRow.idempotency_key == key)
             ).first()
@@ -296,7 +137,7 @@ class JobStore:
                     and_(JobRow.created_at == created, JobRow.id < job_id),
                 )
             )
-        with self._session() as session:
+        with self.db.session() as session:
             rows = session.scalars(query.limit(limit + 1)).all()
             jobs = [_to_job(row) for row in rows[:limit]]
         next_cursor = _encode_cursor(jobs[-1]) if len(rows) > limit else None
@@ -304,7 +145,7 @@ class JobStore:
 
     def find_reusable(self, input_sha256: str, params_hash: str, now: datetime) -> Job | None:
         """A succeeded, unexpired job with the same input and parameters (the dedup cache)."""
-        with self._session() as session:
+        with self.db.session() as session:
             row = session.scalars(
                 select(JobRow)
                 .where(
@@ -358,7 +199,7 @@ class JobStore:
         return self._update(self._owned(job_id, worker_id), heartbeat_at=now)
 
     def cancel_requested(self, job_id: str) -> bool:
-        with self._session() as session:
+        with self.db.session() as session:
             value = session.scalar(select(JobRow.cancel_requested).where(JobRow.id == job_id))
             return value is None or bool(value)  # a deleted job counts as canceled
 
@@ -383,6 +224,7 @@ class JobStore:
         fmt: str,
         name: str | None = None,
     ) -> bool:
+        """Record a link job's fetched input; True when its duration was not known before."""
         values: dict[str, Any] = {
             "input_key": key,
             "input_sha256": sha256,
@@ -392,19 +234,12 @@ class JobStore:
         }
         if name is not None:
             values["input_name"] = name
-        with self._session() as session:
-            # A link job's audio counts towards its owner's daily minutes once its duration is
-            # known, exactly once (a retried job fetches again but is not charged again).
-            first = session.execute(
-                update(JobRow)
-                .where(JobRow.id == job_id, JobRow.input_duration_s.is_(None))
-                .values(**values)
-                .returning(JobRow.owner)
-            ).first()
-            if first is not None:
-                self._charge(session, first[0], now_utc().date(), duration_s)
-                return True
-        return self._update(JobRow.id == job_id, **values)
+        # Only the first fetch learns the duration; a retried job fetches again but its
+        # owner's minutes are charged once (by the caller, on True).
+        if self._update(and_(JobRow.id == job_id, JobRow.input_duration_s.is_(None)), **values):
+            return True
+        self._update(JobRow.id == job_id, **values)
+        return False
 
     def succeed(
         self,
@@ -485,7 +320,7 @@ class JobStore:
         return self.get(job_id)
 
     def delete(self, job_id: str) -> bool:
-        with self._session() as session:
+        with self.db.session() as session:
             result = session.execute(delete(JobRow).where(JobRow.id == job_id))
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
@@ -516,7 +351,7 @@ class JobStore:
         query = select(JobRow.id).where(JobRow.status == JobStatus.QUEUED.value)
         if enqueued_before is not None:
             query = query.where(JobRow.enqueued_at < enqueued_before)
-        with self._session() as session:
+        with self.db.session() as session:
             return list(session.scalars(query.order_by(JobRow.created_at)))
 
     def stale_running_ids(
@@ -527,11 +362,11 @@ class JobStore:
         )
         if enqueued_before is not None:
             query = query.where(JobRow.enqueued_at < enqueued_before)
-        with self._session() as session:
+        with self.db.session() as session:
             return list(session.scalars(query))
 
     def expired_jobs(self, now: datetime) -> list[Job]:
-        with self._session() as session:
+        with self.db.session() as session:
             rows = session.scalars(
                 select(JobRow).where(
                     JobRow.expires_at < now,
@@ -550,7 +385,7 @@ class JobStore:
         )
 
     def finished_ids(self, statuses: list[JobStatus], finished_before: datetime) -> list[str]:
-        with self._session() as session:
+        with self.db.session() as session:
             return list(
                 session.scalars(
                     select(JobRow.id).where(
@@ -561,7 +396,7 @@ class JobStore:
             )
 
     def queue_stats(self, now: datetime) -> QueueStats:
-        with self._session() as session:
+        with self.db.session() as session:
             counts = dict(
                 session.execute(
                     select(JobRow.status, func.count())
@@ -580,11 +415,9 @@ class JobStore:
             oldest_queued_age_s=(now - oldest).total_seconds() if oldest else None,
         )
 
-    # ---- quotas ----------------------------------------------------------------------------
-
     def active_count(self, owner: str | None) -> int:
         """Jobs of ``owner`` queued or running: what the running-jobs limit counts."""
-        with self._session() as session:
+        with self.db.session() as session:
             return int(
                 session.scalar(
                     select(func.count()).where(
@@ -594,144 +427,3 @@ class JobStore:
                 )
                 or 0
             )
-
-    def audio_seconds(self, owner: str | None, day: date) -> float:
-        """Seconds of audio accepted from ``owner`` on the UTC ``day``."""
-        with self._session() as session:
-            row = session.get(AudioUsageRow, (owner or "", day))
-            return row.seconds if row else 0.0
-
-    def _charge(self, session: Session, owner: str | None, day: date, seconds: float) -> None:
-        insert = pg_insert if self.engine.dialect.name == "postgresql" else sqlite_insert
-        statement = insert(AudioUsageRow).values(owner=owner or "", day=day, seconds=seconds)
-        session.execute(
-            statement.on_conflict_do_update(
-                index_elements=[AudioUsageRow.owner, AudioUsageRow.day],
-                set_={"seconds": AudioUsageRow.seconds + statement.excluded.seconds},
-            )
-        )
-
-    # ---- workers ---------------------------------------------------------------------------
-
-    def worker_seen(self, worker_id: str, now: datetime, running: int) -> None:
-        with self._session() as session:
-            row = session.get(WorkerRow, worker_id)
-            if row is None:
-                session.add(
-                    WorkerRow(
-                        id=worker_id,
-                        hostname=socket.gethostname(),
-                        pid=os.getpid(),
-                        started_at=now,
-                        last_seen=now,
-                        running=running,
-                    )
-                )
-            else:
-                row.last_seen, row.running, row.stopped = now, running, False
-
-    def worker_stopped(self, worker_id: str) -> None:
-        with self._session() as session:
-            session.execute(update(WorkerRow).where(WorkerRow.id == worker_id).values(stopped=True))
-
-    def workers_alive(self, seen_after: datetime) -> list[WorkerInfo]:
-        with self._session() as session:
-            rows = session.scalars(
-                select(WorkerRow).where(
-                    WorkerRow.last_seen > seen_after, WorkerRow.stopped.is_(False)
-                )
-            ).all()
-            return [WorkerInfo(r.id, r.hostname, r.pid, r.last_seen, r.running) for r in rows]
-
-    # ---- API keys ----------------------------------------------------------------------------
-
-    def add_key(
-        self,
-        key_id: str,
-        name: str,
-        key_hash: str,
-        prefix: str,
-        admin: bool,
-        now: datetime,
-        limits: KeyLimits | None = None,
-    ) -> None:
-        with self._session() as session:
-            session.add(
-                ApiKeyRow(
-                    id=key_id,
-                    name=name,
-                    key_hash=key_hash,
-                    prefix=prefix,
-                    admin=admin,
-                    created_at=now,
-                    **dataclasses.asdict(limits or KeyLimits()),
-                )
-            )
-
-    def update_key_limits(
-        self, key_id_or_prefix: str, changes: dict[str, int | float | None]
-    ) -> ApiKey | None:
-        """Set some of a key's limits (None: back to the default); the key, or None when no
-        active key matches."""
-        unknown = set(changes) - {f.name for f in dataclasses.fields(KeyLimits)}
-        if unknown:
-            raise ValueError(f"not key limits: {', '.join(sorted(unknown))}")
-        with self._session() as session:
-            row = session.scalars(
-                select(ApiKeyRow).where(
-                    or_(ApiKeyRow.id == key_id_or_prefix, ApiKeyRow.prefix == key_id_or_prefix),
-                    ApiKeyRow.revoked_at.is_(None),
-                )
-            ).first()
-            if row is None:
-                return None
-            for name, value in changes.items():
-                setattr(row, name, value)
-            session.flush()
-            return _to_key(row)
-
-    def key_by_hash(self, key_hash: str) -> ApiKey | None:
-        with self._session() as session:
-            row = session.scalars(
-                select(ApiKeyRow).where(
-                    ApiKeyRow.key_hash == key_hash, ApiKeyRow.revoked_at.is_(None)
-                )
-            ).first()
-            return _to_key(row) if row else None
-
-    def api_keys(self) -> list[ApiKey]:
-        with self._session() as session:
-            return [
-                _to_key(r)
-                for r in session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at))
-            ]
-
-    def revoke_key(self, key_id_or_prefix: str, now: datetime) -> bool:
-        with self._session() as session:
-            result = session.execute(
-                update(ApiKeyRow)
-                .where(
-                    or_(ApiKeyRow.id == key_id_or_prefix, ApiKeyRow.prefix == key_id_or_prefix),
-                    ApiKeyRow.revoked_at.is_(None),
-                )
-                .values(revoked_at=now)
-            )
-            return bool(result.rowcount)  # type: ignore[attr-defined]
-
-
-def _to_key(row: ApiKeyRow) -> ApiKey:
-    limits = KeyLimits(
-        rate_per_minute=row.rate_per_minute,
-        read_rate_per_minute=row.read_rate_per_minute,
-        max_running=row.max_running,
-        daily_minutes=row.daily_minutes,
-    )
-    return ApiKey(row.id, row.name, row.prefix, row.admin, row.created_at, row.revoked_at, limits)
-
-
-def stale_cutoff(now: datetime, timeout_s: float) -> datetime:
-    return now - timedelta(seconds=timeout_s)
-
-
-def hash_key(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()

@@ -18,6 +18,10 @@ from demucs.repo import ModelLoadingError
 from stemify.errors import ModelLoadError, ModelNotFoundError
 from stemify.models.catalogue import local_signatures, official_catalogue, read_bag_signatures
 
+# diffq restores quantized states (mdx_q, mdx_extra_q). The package that provides it on
+# Python 3.11 is diffq-fixed (pinned in requirements.lock); the import name is still diffq.
+_DIFFQ_HINT = "pip install diffq-fixed, as pinned in requirements.lock"
+
 # Names become file names; anything else (paths, `hf://...`) could leave the directory or make
 # demucs reach for the network.
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
@@ -75,7 +79,7 @@ def load_model(name: str, model_dir: Path) -> Any:
     if entry is not None and entry.needs_diffq and importlib.util.find_spec("diffq") is None:
         raise ModelLoadError(
             f"model '{name}' is quantized and requires diffq, which is not installed "
-            "(pip install diffq)"
+            f"({_DIFFQ_HINT})"
         )
     check_installed(name, model_dir)
     try:
@@ -86,10 +90,11 @@ def load_model(name: str, model_dir: Path) -> Any:
     except ImportError as exc:
         raise ModelLoadError(f"model '{name}' needs a missing package: {exc}") from exc
     except SystemExit as exc:
-        # demucs' fatal(): in practice a quantized checkpoint without diffq installed.
+        # demucs' fatal(): in practice a quantized checkpoint without diffq installed (demucs
+        # turns the ImportError of unpickling diffq's quantizer class into fatal() too).
         raise ModelLoadError(
             f"model '{name}' could not be loaded; demucs gave up (it requires diffq if the "
-            f"model is quantized: pip install diffq) [exit {exc.code}]"
+            f"model is quantized: {_DIFFQ_HINT}) [exit {exc.code}]"
         ) from exc
     except Exception as exc:
         # Truncated or overwritten pickles fail in many ways (zip, unpickling, state keys).

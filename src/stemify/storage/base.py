@@ -55,6 +55,11 @@ class Storage(Protocol):
         """``(free_bytes, total_bytes)`` of the backing volume, or None when unknown."""
         ...
 
+    def cleanup_temp(self, older_than_s: float) -> int:
+        """Remove what writes abandoned by a crashed process left behind (untouched for
+        ``older_than_s``); returns how many."""
+        ...
+
 
 # The first segment is reserved for a backend's own files (LocalStorage's temp files).
 RESERVED_SEGMENT = ".tmp"

@@ -5,10 +5,16 @@ with demucs' classes and save them exactly as demucs' release files are saved (a
 package with ``klass/args/kwargs/state``, named ``<sig>-<sha256[:8]>.th``), plus a bag
 ``<name>.yaml``. Loading them then goes through ``demucs.pretrained.get_model(name, repo=...)``,
 the real code path.
+
+Quantized models (the official ``mdx_q`` and ``mdx_extra_q``) are saved the way demucs' training
+saves them (``demucs.states.serialize_model(model, args, quantizer)``): ``state`` is diffq's
+bit-packed ``DiffQuantizer.get_quantized_state()`` marked ``__quantized``, which demucs' loader
+restores with ``diffq.restore_quantized_state``.
 """
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -17,6 +23,8 @@ import torch
 import yaml
 from demucs.htdemucs import HTDemucs
 from demucs.states import get_state, save_with_checksum
+
+from stemify.models.catalogue import official_catalogue
 
 SOURCES = ["drums", "bass", "other", "vocals"]
 
@@ -56,6 +64,73 @@ def save_model(model: Any, directory: Path, sig: str) -> Path:
     return path
 
 
+# Parameters of more than this many MB are quantized, smaller ones are kept as float32 (diffq's
+# ``min_size``). demucs trains with 0.2 MB; the tiny model needs less to quantize 98 % of its
+# weights. Every quantized parameter's size is a multiple of ``QUANT_GROUP_SIZE``.
+QUANT_MIN_SIZE_MB = 0.001
+QUANT_GROUP_SIZE = 8  # demucs' default: one bit width per 8 weights
+
+
+def save_quantized_model(
+    model: Any,
+    directory: Path,
+    sig: str,
+    *,
+    bits: tuple[int, int] = (4, 6),
+    seed: int = 0,
+    min_size: float = QUANT_MIN_SIZE_MB,
+    group_size: int = QUANT_GROUP_SIZE,
+) -> Path:
+    """Save ``model`` diffq-quantized, as demucs saves its quantized releases; returns the
+    ``<sig>-<sha8>.th`` path. ``model`` itself is left unchanged (float weights, no hooks).
+
+    A trained DiffQuantizer has learnt a bit width per group of ``group_size`` weights; here each
+    group gets a random width in ``bits`` (inclusive), so several packed widths are exercised."""
+    from diffq import DiffQuantizer
+
+    low, high = bits
+    quantizer = DiffQuantizer(model, min_size=min_size, group_size=group_size)
+    try:
+        # DiffQuantizer keeps one logit per group (``<param>_diffq``), mapped to a bit width by
+        # bits = max_bits * t + (1 - t) * min_bits, t = sigmoid(logit); invert it for exact widths.
+        generator = torch.Generator().manual_seed(seed)
+        span = quantizer.max_bits - quantizer.min_bits
+        for name, logit in model.named_parameters():
+            if not name.endswith(quantizer.suffix):
+                continue
+            widths = torch.randint(low, high + 1, logit.shape, generator=generator)
+            t = (widths.double() - quantizer.min_bits) / span
+            logit.data[:] = torch.log(t / (1 - t)).to(logit.dtype)
+        args, kwargs = model._init_args_kwargs
+        package = {
+            "klass": type(model),
+            "args": args,
+            "kwargs": kwargs,
+            "state": get_state(model, quantizer),  # type: ignore[no-untyped-call]
+            # What demucs' training config holds for a diffq run (`quant:` section).
+            "training_args": {
+                "quant": {
+                    "diffq": 3e-4,
+                    "qat": None,
+                    "min_size": min_size,
+                    "group_size": group_size,
+                }
+            },
+        }
+    finally:
+        quantizer.detach()
+    directory.mkdir(parents=True, exist_ok=True)
+    save_with_checksum(package, directory / f"{sig}.th")  # type: ignore[no-untyped-call]
+    (path,) = directory.glob(f"{sig}-*.th")
+    return path
+
+
+def quantized_weight_bytes(model: Any, min_size: float = QUANT_MIN_SIZE_MB) -> int:
+    """How many float32 bytes of ``model``'s parameters ``save_quantized_model`` quantizes."""
+    min_params = math.floor(min_size * 2**20 / 4)
+    return sum(4 * p.numel() for p in model.parameters() if p.numel() > min_params)
+
+
 def save_bag(
     directory: Path,
     name: str,
@@ -83,3 +158,23 @@ def make_tiny_repo(directory: Path) -> dict[str, list[str]]:
     save_bag(directory, "tinybag", ["aaaa0001", "aaaa0002"], weights=[[1, 1, 0, 1], [0, 1, 1, 1]])
     save_bag(directory, "tiny6", ["aaaa0003"])
     return {"tiny": SOURCES, "tinybag": SOURCES, "tiny6": six}
+
+
+def make_quantized_official_repo(directory: Path, name: str = "mdx_q") -> list[Path]:
+    """Random-weight quantized stand-ins for the official quantized bag ``name``: tiny HTDemucs
+    models saved under its real signatures, and demucs' own ``<name>.yaml`` (weights, segment).
+
+    The files' sha8 are those of the random weights, so ``models verify`` would call them
+    foreign; ``load_model(name, directory)`` loads them like the real release."""
+    entry = official_catalogue()[name]
+    paths = [
+        save_quantized_model(
+            build_htdemucs(100 + index, sources=list(entry.sources), **TINY_KWARGS),
+            directory,
+            model_file.signature,
+            seed=index,
+        )
+        for index, model_file in enumerate(entry.files)
+    ]
+    (directory / f"{name}.yaml").write_text(entry.bag_yaml)
+    return paths

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
+from stemify.jobs.layout import job_prefix
 from stemify.jobs.model import JobStatus
-from stemify.jobs.store import stale_cutoff
 from stemify.services import Services
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ def reconcile(services: Services, now: datetime, *, at_start: bool = False) -> l
         job_id for job_id in store.queued_ids(enqueued_before=cutoff) if job_id not in pending
     ]
     stale = store.stale_running_ids(
-        stale_cutoff(now, settings.heartbeat_timeout_s),
+        now - timedelta(seconds=settings.heartbeat_timeout_s),
         enqueued_before=now - timedelta(seconds=settings.requeue_after_s),
     )
     for job_id in [*resend, *stale]:
@@ -40,12 +40,20 @@ def sweep(services: Services, now: datetime) -> list[str]:
     """Delete the files of jobs past their expiry and mark them expired."""
     swept = []
     for job in services.store.expired_jobs(now):
-        services.storage.delete_prefix(f"jobs/{job.id}/")
+        services.storage.delete_prefix(job_prefix(job.id))
         if services.store.mark_expired(job.id):
             swept.append(job.id)
     if swept:
         log.info("sweeper expired %d jobs", len(swept))
     return swept
+
+
+def clean_temp(services: Services) -> int:
+    """Remove temp files of storage writes that a crashed process abandoned."""
+    removed = services.storage.cleanup_temp(services.settings.temp_max_age_s)
+    if removed:
+        log.info("removed %d abandoned temp file(s) from storage", removed)
+    return removed
 
 
 def cleanup(
@@ -54,6 +62,6 @@ def cleanup(
     """Delete finished jobs (rows and files) of the given statuses, finished before a cutoff."""
     removed = 0
     for job_id in services.store.finished_ids(statuses, now - older_than):
-        services.storage.delete_prefix(f"jobs/{job_id}/")
+        services.storage.delete_prefix(job_prefix(job_id))
         removed += services.store.delete(job_id)
     return removed

@@ -15,10 +15,10 @@ import dramatiq
 import torch
 from prometheus_client import Gauge
 
-from stemify.jobs.store import now_utc
+from stemify.clock import now_utc
+from stemify.queue.transport import ACTOR_NAME, QUEUE_NAME, LocalQueue, RedisQueue
 from stemify.services import Services
-from stemify.worker.maintenance import reconcile, sweep
-from stemify.worker.queue import ACTOR_NAME, QUEUE_NAME, LocalQueue, RedisQueue
+from stemify.worker.maintenance import clean_temp, reconcile, sweep
 from stemify.worker.runner import JobRunner
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,11 @@ class Maintenance:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-        self.services.store.worker_stopped(self.worker_id)
+        self.services.workers.stopped(self.worker_id)
 
     def tick(self, *, at_start: bool = False) -> None:
         settings, now = self.services.settings, now_utc()
-        self.services.store.worker_seen(self.worker_id, now, self.running())
+        self.services.workers.seen(self.worker_id, now, self.running())
         due = self._last_reconcile is None or (
             (now - self._last_reconcile).total_seconds() >= settings.reconcile_interval_s
         )
@@ -80,6 +80,7 @@ class Maintenance:
             (now - self._last_sweep).total_seconds() >= settings.sweep_interval_s
         ):
             sweep(self.services, now)
+            clean_temp(self.services)
             self._last_sweep = now
 
     def _loop(self) -> None:

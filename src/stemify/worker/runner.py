@@ -21,23 +21,23 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from stemify.audio import probe
 from stemify.audio.limits import media_limits
+from stemify.clock import now_utc
+from stemify.egress.fetch import FetchLimits, fetch_url
 from stemify.engine import CancelToken, Progress, separate_file
 from stemify.errors import (
     AudioLimitError,
-    CancelledError,
+    CanceledError,
     DownloadError,
     InvalidAudioError,
     InvalidOptionError,
     StemifyError,
 )
 from stemify.formatting import check_duration, format_duration
-from stemify.jobs.fetch import FetchLimits, fetch_url
+from stemify.jobs.layout import input_key, job_prefix, stem_key, stems_prefix
 from stemify.jobs.model import Job, JobStatus, Stage, StemFile
-from stemify.jobs.store import now_utc, stale_cutoff
-from stemify.jobs.urlguard import url_policy
 from stemify.observability.logging import bind, bound
 from stemify.observability.sentry import job_scope
-from stemify.services import Services, complete_from_cache, publish_job, send_webhook
+from stemify.services import Services
 from stemify.storage import local_file
 
 log = logging.getLogger(__name__)
@@ -81,16 +81,15 @@ class JobRunner:
     def _run(self, job_id: str) -> None:
         store, settings = self.services.store, self.services.settings
         now = now_utc()
-        job = store.claim(
-            job_id, self.worker_id, now, stale_cutoff(now, settings.heartbeat_timeout_s)
-        )
+        stale_before = now - timedelta(seconds=settings.heartbeat_timeout_s)
+        job = store.claim(job_id, self.worker_id, now, stale_before)
         if job is None:
             log.info(
                 "job %s is not claimable (finished, canceled or owned): message dropped", job_id
             )
             return
         log.info("job %s claimed by %s (attempt %d)", job_id, self.worker_id, job.attempts)
-        publish_job(self.services, job)
+        self.services.jobs.changed(job_id)
         watch = _Watch()
         beating = threading.Event()
         beat = threading.Thread(
@@ -103,7 +102,7 @@ class JobRunner:
         try:
             with tempfile.TemporaryDirectory(prefix=f"stemify-{job_id}-") as scratch:
                 self._execute(job, Path(scratch), watch)
-        except CancelledError:
+        except CanceledError:
             self._stopped(job, watch.reason or "canceled")
         except StemifyError as exc:
             # The caller's input is the caller's problem; anything else (a broken model, full
@@ -123,27 +122,21 @@ class JobRunner:
         finally:
             beating.set()
             beat.join()
-        final = store.get(job_id)
-        if final is None:  # deleted while running: leave no orphan files behind
-            self.services.storage.delete_prefix(f"jobs/{job_id}/")
-        else:
-            self._count(final)
-            publish_job(self.services, final)
-            if final.status.finished and final.status != JobStatus.SUCCEEDED:
-                self.services.storage.delete_prefix(f"jobs/{job_id}/stems/")
-            send_webhook(self.services, final)
+        self._close(job_id)
 
-    def _count(self, job: Job) -> None:
-        """Metrics of a job this runner ended (a cache hit was counted where it completed;
-        a job handed back or taken over is counted by whoever ends it)."""
-        metrics = self.services.metrics
-        if job.worker_id != self.worker_id:
+    def _close(self, job_id: str) -> None:
+        """Clean up after the run, and close out the job if this runner ended it (a job handed
+        back or taken over is closed out by whoever ends it)."""
+        final = self.services.store.get(job_id)
+        if final is None:  # deleted while running: leave no orphan files behind
+            self.services.storage.delete_prefix(job_prefix(job_id))
             return
-        if job.status == JobStatus.SUCCEEDED and not job.cache_hit:
-            metrics.job_finished(job.spec.model, job.status.value, None)
-            metrics.job_processed(job.spec.model, job.stage_seconds, job.input_duration_s)
-        elif job.status in (JobStatus.FAILED, JobStatus.CANCELED):
-            metrics.job_finished(job.spec.model, job.status.value, job.error_code)
+        if final.status.finished and final.status != JobStatus.SUCCEEDED:
+            self.services.storage.delete_prefix(stems_prefix(job_id))
+        if final.status.finished and final.worker_id == self.worker_id:
+            self.services.jobs.finished(final)
+        else:
+            self.services.jobs.changed(job_id)
 
     def _stopped(self, job: Job, reason: StopReason) -> None:
         store, now = self.services.store, now_utc()
@@ -192,7 +185,7 @@ class JobRunner:
             started = time.monotonic()
             job = self._download(job, scratch, watch)
             seconds["downloading"] = time.monotonic() - started
-            if complete_from_cache(services, job):
+            if services.jobs.complete_from_cache(job) is not None:
                 return
         assert job.input_key is not None
         source = local_file(services.storage, job.input_key, scratch)
@@ -218,8 +211,8 @@ class JobRunner:
         stems = {
             name: StemFile(
                 name,
-                f"jobs/{job.id}/stems/{path.name}",
-                services.storage.put_file(f"jobs/{job.id}/stems/{path.name}", path, move=True),
+                stem_key(job.id, path.name),
+                services.storage.put_file(stem_key(job.id, path.name), path, move=True),
             )
             for name, path in result.stems.items()
         }
@@ -234,7 +227,7 @@ class JobRunner:
             now=now,
             expires_at=now + timedelta(hours=settings.result_ttl_hours),
         ):
-            raise CancelledError("the job was canceled or taken over while storing")
+            raise CanceledError("the job was canceled or taken over while storing")
 
     def _download(self, job: Job, scratch: Path, watch: _Watch) -> Job:
         services, settings = self.services, self.services.settings
@@ -250,19 +243,21 @@ class JobRunner:
             job.source_url,
             scratch / "download",
             limits,
-            policy=url_policy(settings),
+            policy=services.url_policy,
         )
-        if watch.token.cancelled:
-            raise CancelledError()
+        if watch.token.canceled:
+            raise CanceledError()
         info = probe(fetched.path, limits=media_limits(settings))
         check_duration(info.duration_s, settings.max_duration_s, "the linked audio")
-        key = f"jobs/{job.id}/input"
+        key = input_key(job.id)
         digest = sha256_of(fetched.path)
         size = services.storage.put_file(key, fetched.path, move=True)
-        services.store.set_input(
+        first = services.store.set_input(
             job.id, key=key, sha256=digest, size=size, duration_s=info.duration_s,
             fmt=info.codec, name=fetched.title,
         )  # fmt: skip
+        if first:  # the owner's daily minutes, once per job however often it is fetched
+            services.usage.charge(job.owner, now_utc().date(), info.duration_s)
         updated = services.store.get(job.id)
         assert updated is not None
         return updated
@@ -297,7 +292,4 @@ class _Reporter:
             )
         except SQLAlchemyError:  # progress is best effort; the result is what must not be lost
             log.warning("job %s: progress update failed", self._job.id, exc_info=True)
-        self._services.events.publish(
-            self._job.id,
-            {"id": self._job.id, "status": "running", "stage": stage.value, "progress": percent},
-        )
+        self._services.jobs.changed(self._job.id)

@@ -1,16 +1,16 @@
 """A private HTTP proxy on 127.0.0.1 that yt-dlp must go through, which checks every
-connection with :mod:`stemify.jobs.urlguard` and connects only to the address it checked.
+connection with :mod:`stemify.egress.urlguard` and connects only to the address it checked.
 
 Why a proxy: yt-dlp does its own networking (extractor requests, media downloads, HLS/DASH
 fragments, each redirect hop), through whichever request handler is installed (urllib,
 requests, ...). Its ``proxy`` option is public, stable and honoured by every handler, and
 with a proxy the handler never resolves or connects to the target itself: it sends
 ``GET http://host/path`` or ``CONNECT host:443`` to us. So every hop passes through
-:func:`~stemify.jobs.urlguard.checked_addresses`, and the socket we open goes to the address
+:func:`~stemify.egress.urlguard.checked_addresses`, and the socket we open goes to the address
 that was checked — a DNS answer that changes afterwards (rebinding) is never looked up.
 TLS stays end to end (``CONNECT`` is a blind tunnel), so certificates are still verified by
 yt-dlp against the host name. yt-dlp's other ways around a proxy are closed by
-:mod:`stemify.jobs.fetch`: its per-request proxies come only from ``geo_verification_proxy``
+:mod:`stemify.egress.fetch`: its per-request proxies come only from ``geo_verification_proxy``
 (never set), and it is given no ffmpeg, so it never delegates a stream to an ffmpeg that
 would connect by itself.
 
@@ -28,8 +28,8 @@ import socketserver
 import threading
 from types import TracebackType
 
+from stemify.egress.urlguard import Resolver, URLPolicy, checked_addresses, parse_url
 from stemify.errors import DownloadError, ForbiddenURLError, InvalidURLError, StemifyError
-from stemify.jobs.urlguard import Resolver, URLPolicy, checked_addresses, parse_url
 
 MAX_HEAD_BYTES = 64 << 10
 _CHUNK = 64 << 10

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import stemify.jobs.schema
+import stemify.db.schema
 
 revision = "0001"
 down_revision = None
@@ -27,8 +27,8 @@ def upgrade() -> None:
         sa.Column("key_hash", sa.String(length=64), nullable=False),
         sa.Column("prefix", sa.String(length=16), nullable=False),
         sa.Column("admin", sa.Boolean(), nullable=False),
-        sa.Column("created_at", stemify.jobs.schema.UTCDateTime(), nullable=False),
-        sa.Column("revoked_at", stemify.jobs.schema.UTCDateTime(), nullable=True),
+        sa.Column("created_at", stemify.db.schema.UTCDateTime(), nullable=False),
+        sa.Column("revoked_at", stemify.db.schema.UTCDateTime(), nullable=True),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("key_hash"),
     )
@@ -58,12 +58,12 @@ def upgrade() -> None:
         sa.Column("stage_seconds", sa.JSON(), nullable=False),
         sa.Column("webhook_url", sa.Text(), nullable=True),
         sa.Column("idempotency_key", sa.String(length=255), nullable=True),
-        sa.Column("created_at", stemify.jobs.schema.UTCDateTime(), nullable=False),
-        sa.Column("started_at", stemify.jobs.schema.UTCDateTime(), nullable=True),
-        sa.Column("finished_at", stemify.jobs.schema.UTCDateTime(), nullable=True),
-        sa.Column("expires_at", stemify.jobs.schema.UTCDateTime(), nullable=True),
-        sa.Column("heartbeat_at", stemify.jobs.schema.UTCDateTime(), nullable=True),
-        sa.Column("enqueued_at", stemify.jobs.schema.UTCDateTime(), nullable=True),
+        sa.Column("created_at", stemify.db.schema.UTCDateTime(), nullable=False),
+        sa.Column("started_at", stemify.db.schema.UTCDateTime(), nullable=True),
+        sa.Column("finished_at", stemify.db.schema.UTCDateTime(), nullable=True),
+        sa.Column("expires_at", stemify.db.schema.UTCDateTime(), nullable=True),
+        sa.Column("heartbeat_at", stemify.db.schema.UTCDateTime(), nullable=True),
+        sa.Column("enqueued_at", stemify.db.schema.UTCDateTime(), nullable=True),
         sa.Column("worker_id", sa.String(length=64), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("cancel_requested", sa.Boolean(), nullable=False),
@@ -82,8 +82,8 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=64), nullable=False),
         sa.Column("hostname", sa.String(length=255), nullable=False),
         sa.Column("pid", sa.Integer(), nullable=False),
-        sa.Column("started_at", stemify.jobs.schema.UTCDateTime(), nullable=False),
-        sa.Column("last_seen", stemify.jobs.schema.UTCDateTime(), nullable=False),
+        sa.Column("started_at", stemify.db.schema.UTCDateTime(), nullable=False),
+        sa.Column("last_seen", stemify.db.schema.UTCDateTime(), nullable=False),
         sa.Column("running", sa.Integer(), nullable=False),
         sa.Column("stopped", sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint("id"),

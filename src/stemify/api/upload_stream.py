@@ -1,21 +1,19 @@
-"""The submission form: read as a stream, then validated.
+"""The submission form, read as a stream.
 
 Text fields are kept in memory (small, capped); the file part goes straight into storage while
 it is counted and hashed, so an upload over the limit is refused after ``limit`` bytes, not
-after it has been spooled whole. :func:`build_spec` turns the fields into a checked JobSpec."""
+after it has been spooled whole. Which fields exist, and what they mean: :mod:`.job_form`."""
 
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import unicodedata
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Literal, TypeVar
-from urllib.parse import parse_qsl, urlsplit
+from typing import TYPE_CHECKING, BinaryIO
+from urllib.parse import parse_qsl
 
 import anyio
 import anyio.to_thread
@@ -25,39 +23,13 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
 from stemify.api.errors import ApiError
-from stemify.engine import output_stems
-from stemify.errors import (
-    InvalidOptionError,
-    InvalidURLError,
-    ModelNotFoundError,
-    StorageError,
-    UploadTooLargeError,
-)
-from stemify.jobs.model import JobSpec
-from stemify.jobs.urlguard import URLPolicy, check_submitted_url
-from stemify.models import ModelStatus, list_models
+from stemify.api.job_form import FILE_FIELD, TEXT_FIELDS
+from stemify.errors import StorageError, UploadTooLargeError
 from stemify.storage import Storage
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
-_N = TypeVar("_N", int, float)
-
-FILE_FIELD = "file"
-TEXT_FIELDS = frozenset(
-    {
-        "url",
-        "model",
-        "stems",
-        "two_stems",
-        "output_format",
-        "bit_depth",
-        "mp3_bitrate",
-        "shifts",
-        "overlap",
-        "webhook_url",
-    }
-)
 MAX_FIELD_BYTES = 8192
 # Room for boundaries, part headers and text fields on top of the file itself.
 FORM_OVERHEAD = 256 << 10
@@ -337,108 +309,3 @@ async def _read_multipart(
         raise
     upload = Upload(key=input_key, name=form.file_name, size=sink.size, sha256=sha256)
     return Submission(fields=form.fields, upload=upload)
-
-
-# ---- validating the fields ------------------------------------------------------------------
-
-MAX_URL_CHARS = 2048
-_FORMATS: dict[str, Literal["wav", "flac", "mp3"]] = {"wav": "wav", "flac": "flac", "mp3": "mp3"}
-
-
-def check_link(value: str, what: str, policy: URLPolicy | None = None) -> str:
-    """An http(s) link, checked for shape; with ``policy`` also for where it points (a host
-    that does not resolve yet is left to the worker, which checks every connection). Blocking:
-    it resolves the host."""
-    link = value.strip()
-    if not link:
-        raise InvalidURLError(f"{what} is empty")
-    if len(link) > MAX_URL_CHARS:
-        raise InvalidURLError(f"{what} is longer than {MAX_URL_CHARS} characters")
-    if any(c.isspace() or unicodedata.category(c)[0] == "C" for c in link):
-        raise InvalidURLError(f"{what} contains spaces or control characters")
-    try:
-        parts = urlsplit(link)
-        host = parts.hostname
-        _ = parts.port
-    except ValueError:
-        raise InvalidURLError(f"{what} is not a valid link") from None
-    if parts.scheme.lower() not in ("http", "https"):
-        raise InvalidURLError(f"{what} must be an http:// or https:// link")
-    if not host:
-        raise InvalidURLError(f"{what} has no host name")
-    if policy is not None:
-        check_submitted_url(link, policy)
-    return link
-
-
-def _number(fields: dict[str, str], name: str, default: _N, kind: type[_N]) -> _N:
-    raw = fields.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        noun = "an integer" if kind is int else "a number"
-        raise InvalidOptionError(f"{name} must be {noun}, got {raw!r}") from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InvalidOptionError(f"{name} must be a finite number, got {raw!r}")
-    return value
-
-
-def _model(name: str, model_dir: Path) -> ModelStatus:
-    models = {m.name: m for m in list_models(model_dir)}
-    status = models.get(name)
-    if status is None:
-        installed = ", ".join(sorted(m.name for m in models.values() if m.installed)) or "none"
-        raise ModelNotFoundError(
-            f"unknown model {name!r} (installed: {installed}); official models are installed "
-            "on the server with `stemify models pull <name>`"
-        )
-    if not status.installed:
-        hint = (
-            f"run `stemify models pull {name}` on the server"
-            if status.official
-            else "its weight files are missing from the model directory "
-            "(`stemify models pull` installs official models only)"
-        )
-        raise ModelNotFoundError(f"model {name!r} is not installed: {hint}")
-    return status
-
-
-def build_spec(fields: dict[str, str], model_dir: Path, default_model: str) -> JobSpec:
-    """The job's parameters from the form, checked as the engine will check them (blocking:
-    it reads the model directory)."""
-    model = _model(fields.get("model", "").strip() or default_model, model_dir)
-    stems: tuple[str, ...] | None = None
-    if "stems" in fields:
-        stems = tuple(s.strip() for s in fields["stems"].split(",") if s.strip())
-        if not stems:
-            raise InvalidOptionError("stems is empty: give stem names separated by commas")
-    two_stems = fields.get("two_stems", "").strip() or None
-    container = fields.get("output_format", "").strip().lower() or "wav"
-    if container not in _FORMATS:
-        raise InvalidOptionError(f"unknown output_format {container!r}: choose wav, flac or mp3")
-    shifts = _number(fields, "shifts", 1, int)
-    if not 0 <= shifts <= 10:
-        raise InvalidOptionError(f"shifts must be between 0 and 10, got {shifts}")
-    overlap = _number(fields, "overlap", 0.25, float)
-    if not 0.0 <= overlap <= 0.99:
-        raise InvalidOptionError(f"overlap must be between 0 and 0.99, got {overlap:g}")
-    spec = JobSpec(
-        model=model.name,
-        stems=stems,
-        two_stems=two_stems,
-        output_format=_FORMATS[container],
-        bit_depth=_number(fields, "bit_depth", 16, int),
-        mp3_bitrate=_number(fields, "mp3_bitrate", 320, int),
-        shifts=shifts,
-        overlap=overlap,
-    )
-    options = spec.separation_options(device="cpu", batch_size=1)
-    options.output.validate()
-    options.inference.validate(None)  # the model matters only for an explicit segment
-    if model.sources:
-        output_stems(list(model.sources), options)
-    elif stems is not None and two_stems is not None:
-        raise InvalidOptionError("choose either two-stem mode or a subset of stems, not both")
-    return spec

@@ -18,8 +18,11 @@ import uvicorn
 from fastapi import FastAPI
 
 from stemify.api import create_app
+from stemify.clock import now_utc
 from stemify.jobs.model import Job, JobSpec, StemFile
-from stemify.jobs.store import JobStore, KeyLimits, hash_key, now_utc
+from stemify.jobs.store import JobStore
+from stemify.keys.limits import KeyLimits
+from stemify.keys.store import KeyStore, hash_key
 from stemify.services import Services, build_services
 from stemify.settings import Settings
 
@@ -35,6 +38,10 @@ class Live:
     @property
     def store(self) -> JobStore:
         return self.services.store
+
+    @property
+    def keys(self) -> KeyStore:
+        return self.services.keys
 
     def client(self, key: str | None = None, **headers: str) -> httpx.Client:
         if key is not None:
@@ -79,11 +86,9 @@ def settings_for(tmp: Path, model_dir: Path, **overrides: Any) -> Settings:
     )
 
 
-def add_key(
-    store: JobStore, name: str, limits: KeyLimits | None = None, admin: bool = False
-) -> str:
+def add_key(keys: KeyStore, name: str, limits: KeyLimits | None = None, admin: bool = False) -> str:
     secret = f"sk_test_{name}_{os.urandom(4).hex()}"
-    store.add_key(name, name, hash_key(secret), secret[:10], admin, now_utc(), limits)
+    keys.add(name, name, hash_key(secret), secret[:10], admin, now_utc(), limits)
     return secret
 
 

@@ -1,4 +1,5 @@
-"""Tables of the job store. Changes go through an Alembic migration in ``migrations/``."""
+"""The tables: jobs, API keys, the audio-minutes ledger, workers. Changes go through an Alembic
+migration in ``migrations/``."""
 
 from __future__ import annotations
 
@@ -98,10 +99,10 @@ class ApiKeyRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Limits of this key; NULL means the settings' default (0 turns a limit off).
-    rate_per_minute: Mapped[int | None] = mapped_column(Integer)
-    read_rate_per_minute: Mapped[int | None] = mapped_column(Integer)
-    max_running: Mapped[int | None] = mapped_column(Integer)
-    daily_minutes: Mapped[float | None] = mapped_column(Float)
+    submissions_per_minute: Mapped[int | None] = mapped_column(Integer)
+    reads_per_minute: Mapped[int | None] = mapped_column(Integer)
+    max_running_jobs: Mapped[int | None] = mapped_column(Integer)
+    daily_audio_minutes: Mapped[float | None] = mapped_column(Float)
 
 
 class AudioUsageRow(Base):

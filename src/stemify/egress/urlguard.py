@@ -9,7 +9,7 @@ unique-local and link-local, and IPv6 addresses that embed one of those (IPv4-ma
 -compatible, NAT64, 6to4, Teredo).
 
 :func:`check_url` runs at submit time and before a download; :func:`checked_addresses` is
-what :mod:`stemify.jobs.guarded_proxy` calls for every connection yt-dlp makes (each redirect
+what :mod:`stemify.egress.guarded_proxy` calls for every connection yt-dlp makes (each redirect
 hop included), connecting to the very address it checked, so a DNS answer that changes
 between check and connection (rebinding) gains nothing.
 """
@@ -22,13 +22,9 @@ import socket
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from stemify.errors import DownloadError, ForbiddenURLError, InvalidURLError
-
-if TYPE_CHECKING:
-    from stemify.settings import Settings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[IPAddress]]
@@ -58,12 +54,6 @@ class URLPolicy:
     def __post_init__(self) -> None:
         cleaned = tuple(normal_domain(domain) for domain in self.allowlist)
         object.__setattr__(self, "allowlist", tuple(d for d in cleaned if d))
-
-
-def url_policy(settings: Settings) -> URLPolicy:
-    return URLPolicy(
-        allowlist=tuple(settings.url_allowlist), allow_loopback=settings.allow_loopback_urls
-    )
 
 
 @dataclass(frozen=True)

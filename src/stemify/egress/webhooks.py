@@ -1,8 +1,8 @@
 """Signed webhook deliveries: a job's outcome POSTed as JSON to the URL its client gave.
 
-Receivers are checked like links (:mod:`stemify.jobs.urlguard`): :func:`deliver_guarded` refuses
+Receivers are checked like links (:mod:`stemify.egress.urlguard`): :func:`deliver_guarded` refuses
 a local or private address and connects only through a
-:class:`~stemify.jobs.guarded_proxy.GuardedProxy`, so a webhook cannot reach inside the network
+:class:`~stemify.egress.guarded_proxy.GuardedProxy`, so a webhook cannot reach inside the network
 either, DNS rebinding included.
 
 The signature header is ``t=<unix time>,v1=<hex HMAC-SHA256 of "<t>." + body>``: the
@@ -25,9 +25,9 @@ from typing import Any
 
 import httpx
 
+from stemify.egress.guarded_proxy import GuardedProxy
+from stemify.egress.urlguard import URLPolicy, check_url
 from stemify.errors import StemifyError
-from stemify.jobs.guarded_proxy import GuardedProxy
-from stemify.jobs.urlguard import URLPolicy, check_url
 
 SIGNATURE_HEADER = "X-Stemify-Signature"
 EVENT_HEADER = "X-Stemify-Event"

@@ -3,23 +3,20 @@ directory, within size, duration and wall-time limits.
 
 Network failures (refused or reset connections, timeouts, HTTP 5xx/408/429) are retried with
 exponential backoff; everything else fails at once with one readable line. yt-dlp's own
-retries are off so that every failure passes through :func:`_classify`.
+retries are off so that every failure passes through :func:`classify`.
 
-Where a link may lead is decided by :mod:`stemify.jobs.urlguard`: the link itself is checked
+Where a link may lead is decided by :mod:`stemify.egress.urlguard`: the link itself is checked
 before anything is sent, and yt-dlp reaches the network only through a
-:class:`~stemify.jobs.guarded_proxy.GuardedProxy`, which checks every redirect hop and every
+:class:`~stemify.egress.guarded_proxy.GuardedProxy`, which checks every redirect hop and every
 media URL an extractor finds, and connects to the address it checked.
 """
 
 from __future__ import annotations
 
-import errno
-import http.client
 import logging
 import os
 import re
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -30,27 +27,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yt_dlp
-from yt_dlp.networking.exceptions import (
-    CertificateVerifyError,
-    HTTPError,
-    TransportError,
-)
-from yt_dlp.utils import (
-    ContentTooShortError,
-    UnsupportedError,
-    YoutubeDLError,
-)
-from yt_dlp.utils import DownloadError as YtDlpDownloadError
 
-from stemify.errors import (
-    AudioLimitError,
-    DownloadError,
-    StemifyError,
-    UploadTooLargeError,
+from stemify.egress.fetch_errors import (
+    DeadlineExceeded,
+    TooLarge,
+    Transient,
+    classify,
+    timeout_error,
+    too_large,
 )
-from stemify.formatting import format_bytes, format_duration
-from stemify.jobs.guarded_proxy import GuardedProxy
-from stemify.jobs.urlguard import URLPolicy, check_url
+from stemify.egress.guarded_proxy import GuardedProxy
+from stemify.egress.urlguard import URLPolicy, check_url
+from stemify.errors import AudioLimitError, DownloadError, StemifyError
+from stemify.formatting import format_duration
 
 _log = logging.getLogger(__name__)
 
@@ -61,20 +50,7 @@ DEFAULT_POLICY = URLPolicy()
 # A stalled read is retried well before the wall-time limit runs out.
 MAX_SOCKET_TIMEOUT_S = 30.0
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-# "[generic] some-id: " / "[download] " prefixes of yt-dlp messages.
-_YTDLP_PREFIX = re.compile(r"^(?:ERROR:\s*)?(?:\[[^\]]+\]\s*(?:[^\s:]+:\s+)?)?")
 _SAFE_SUFFIX = re.compile(r"\.[a-z0-9]{1,10}")
-_NETWORK_ERRNOS = {
-    errno.ENETDOWN,
-    errno.ENETUNREACH,
-    errno.EHOSTDOWN,
-    errno.EHOSTUNREACH,
-    errno.ECONNABORTED,
-    errno.ECONNRESET,
-    errno.ECONNREFUSED,
-    errno.ETIMEDOUT,
-}
 
 
 @dataclass(frozen=True)
@@ -105,26 +81,6 @@ class Fetched:
     """yt-dlp's extractor: "generic" for a direct file, "youtube", ..."""
 
 
-class _Transient(Exception):
-    """A failure worth retrying; ``reason`` is already readable."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-# Raised from the progress hook. Not OSError subclasses: yt-dlp turns OSErrors raised while
-# downloading into its own errors, and these must reach _classify intact.
-class _DeadlineExceeded(Exception):
-    pass
-
-
-class _TooLarge(Exception):
-    def __init__(self, size: int) -> None:
-        super().__init__(size)
-        self.size = size
-
-
 def fetch_url(
     url: str, dest_dir: Path, limits: FetchLimits, *, policy: URLPolicy = DEFAULT_POLICY
 ) -> Fetched:
@@ -141,7 +97,7 @@ def fetch_url(
         attempt += 1
         try:
             return _attempt(url, dest_dir, limits, deadline, policy)
-        except _Transient as e:
+        except Transient as e:
             tried = f"{attempt} attempt{'s' if attempt > 1 else ''}"
             if attempt > limits.retries:
                 raise DownloadError(f"could not download the link: {e.reason} ({tried})") from None
@@ -163,7 +119,7 @@ def _attempt(
 ) -> Fetched:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise _timeout_error(limits)
+        raise timeout_error(limits)
     socket_timeout = max(0.1, min(MAX_SOCKET_TIMEOUT_S, remaining))
     # yt-dlp's partial and helper files land in here; removing it cleans up any failure.
     work = Path(tempfile.mkdtemp(prefix=".fetch-", dir=dest_dir))
@@ -195,13 +151,13 @@ def _download(
         _refuse_playlist(info)
         _check_info(info, limits)
         if time.monotonic() >= deadline:
-            raise _timeout_error(limits)
+            raise timeout_error(limits)
         with _translated(limits, proxy, downloading=True):
             done: dict[str, Any] = ydl.process_ie_result(info, download=True)
     downloaded = _downloaded_file(done, limits)
     size = downloaded.stat().st_size
     if size > limits.max_bytes:
-        raise _too_large(limits, size)
+        raise too_large(limits, size)
     if size == 0:
         raise DownloadError("could not download the link: the server sent an empty file")
     suffix = downloaded.suffix.lower()
@@ -258,11 +214,11 @@ def _guard(deadline: float, max_bytes: int) -> Callable[[dict[str, Any]], None]:
 
     def hook(progress: dict[str, Any]) -> None:
         if time.monotonic() > deadline:
-            raise _DeadlineExceeded
+            raise DeadlineExceeded
         for field in ("downloaded_bytes", "total_bytes"):
             value = progress.get(field)
             if isinstance(value, int) and value > max_bytes:
-                raise _TooLarge(value if field == "total_bytes" else 0)
+                raise TooLarge(value if field == "total_bytes" else 0)
 
     return hook
 
@@ -286,7 +242,7 @@ def _check_info(info: dict[str, Any], limits: FetchLimits) -> None:
     for field in ("filesize", "filesize_approx"):
         size = info.get(field)
         if isinstance(size, int | float) and size > limits.max_bytes:
-            raise _too_large(limits, int(size))
+            raise too_large(limits, int(size))
 
 
 def _downloaded_file(done: dict[str, Any], limits: FetchLimits) -> Path:
@@ -294,7 +250,7 @@ def _downloaded_file(done: dict[str, Any], limits: FetchLimits) -> Path:
     path = downloads[0].get("filepath") if downloads else None
     if not path:
         # yt-dlp skips a file whose Content-Length is over max_filesize without an error.
-        raise _too_large(limits, 0)
+        raise too_large(limits, 0)
     found = Path(path)
     if not found.is_file():
         raise DownloadError("could not download the link: yt-dlp reported a file it did not write")
@@ -303,134 +259,18 @@ def _downloaded_file(done: dict[str, Any], limits: FetchLimits) -> Path:
 
 @contextmanager
 def _translated(limits: FetchLimits, proxy: GuardedProxy, *, downloading: bool) -> Iterator[None]:
-    """Turn whatever yt-dlp raises inside the block into our errors or :class:`_Transient`.
+    """Turn whatever yt-dlp raises inside the block into our errors or :class:`Transient`.
     What the proxy saw comes first: yt-dlp only sees its 403 or 502."""
     try:
         yield
-    except (StemifyError, _Transient):
+    except (StemifyError, Transient):
         raise
     except Exception as e:
         if proxy.error is not None:
             raise proxy.error from None
         if proxy.failure is not None:
-            raise _Transient(proxy.failure) from e
-        raise _classify(e, limits, downloading=downloading) from e
-
-
-def _classify(exc: Exception, limits: FetchLimits, *, downloading: bool) -> Exception:
-    chain = list(_causes(exc))
-    for e in chain:
-        if isinstance(e, _DeadlineExceeded):
-            return _timeout_error(limits)
-        if isinstance(e, _TooLarge):
-            return _too_large(limits, e.size)
-    for e in chain:
-        if isinstance(e, HTTPError):
-            status = int(e.status)
-            answered = f"the server answered HTTP {status} {e.reason or ''}".rstrip()
-            if status >= 500 or status in (408, 429):
-                return _Transient(answered)
-            return DownloadError(f"could not download the link: {answered}")
-        if isinstance(e, CertificateVerifyError):
-            return DownloadError(
-                "could not download the link: the site's TLS certificate is not valid"
-            )
-        if isinstance(e, TransportError | ContentTooShortError | http.client.HTTPException) or (
-            _is_network_os_error(e)
-        ):
-            return _Transient(_network_reason(chain))
-        if isinstance(e, UnsupportedError):
-            return DownloadError(
-                "could not download the link: no audio or video found there (not a media "
-                "file, and not a page yt-dlp can read)"
-            )
-    message = _clean_message(str(getattr(exc, "msg", None) or exc))
-    if downloading and isinstance(exc, YtDlpDownloadError) and message.startswith("Got error:"):
-        # yt-dlp's HTTP downloader reports the errors it would have retried (connection cut,
-        # short body, 5xx) only as text, without the exception.
-        return _Transient(_reason_from_text(message.removeprefix("Got error:").strip()))
-    if not isinstance(exc, YoutubeDLError):
-        _log.warning("unexpected error from yt-dlp", exc_info=exc)
-    return DownloadError(f"could not download the link: {message or 'yt-dlp failed'}")
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """``exc`` and everything behind it: ``__cause__``/``__context__``, yt-dlp's ``cause``
-    and ``exc_info``; each once, nearest first."""
-    seen: set[int] = set()
-    queue: list[BaseException] = [exc]
-    while queue:
-        e = queue.pop(0)
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        yield e
-        exc_info = getattr(e, "exc_info", None)
-        linked = [
-            getattr(e, "cause", None),
-            exc_info[1] if isinstance(exc_info, tuple) and len(exc_info) > 1 else None,
-            e.__cause__,
-            e.__context__,
-        ]
-        queue.extend(x for x in linked if isinstance(x, BaseException))
-
-
-def _is_network_os_error(e: BaseException) -> bool:
-    # Not every OSError: a full disk or a permission error here is ours, not the network's.
-    return isinstance(e, ConnectionError | TimeoutError | socket.gaierror) or (
-        isinstance(e, OSError) and e.errno in _NETWORK_ERRNOS
-    )
-
-
-def _network_reason(chain: list[BaseException]) -> str:
-    for e in chain:
-        if isinstance(e, TimeoutError):
-            return "the server did not answer in time"
-        if isinstance(e, ConnectionRefusedError):
-            return "the connection was refused"
-        if isinstance(e, ContentTooShortError | http.client.IncompleteRead):
-            return "the connection was cut before the end of the file"
-        if isinstance(e, ConnectionError | http.client.RemoteDisconnected):
-            return "the server closed the connection"
-        if isinstance(e, socket.gaierror):
-            return "the host name could not be resolved"
-    transport = next((e for e in chain if isinstance(e, TransportError)), chain[0])
-    return _reason_from_text(_clean_message(str(transport))) or "a network error"
-
-
-def _reason_from_text(text: str) -> str:
-    """yt-dlp's downloader words for the errors it reports without an exception."""
-    if m := re.fullmatch(r"HTTP Error (\d{3}): ?(.*)", text):
-        return f"the server answered HTTP {m[1]} {m[2]}".rstrip()
-    if re.fullmatch(r"Downloaded \d+ bytes, expected \d+ bytes", text):
-        return "the connection was cut before the end of the file"
-    if "timed out" in text:
-        return "the server did not answer in time"
-    return text
-
-
-def _clean_message(text: str) -> str:
-    """One line of a yt-dlp message, without colour codes, "ERROR: [generic] id: " and
-    "(caused by ...)" noise."""
-    text = _ANSI.sub("", text).replace("\r", "").strip()
-    text = text.splitlines()[0] if text else ""
-    text = _YTDLP_PREFIX.sub("", text, count=1)
-    text = re.sub(r"\s*\(caused by .*\)\s*$", "", text)
-    text = re.sub(r";\s*please report this issue.*$", "", text, flags=re.IGNORECASE)
-    return text.strip().rstrip(".")[:300]
-
-
-def _timeout_error(limits: FetchLimits) -> DownloadError:
-    return DownloadError(
-        f"could not download the link: it took longer than the {limits.timeout_s:g} s limit"
-    )
-
-
-def _too_large(limits: FetchLimits, size: int) -> UploadTooLargeError:
-    limit = format_bytes(limits.max_bytes)
-    if size > limits.max_bytes:
-        return UploadTooLargeError(f"the link's file is {format_bytes(size)}; the limit is {limit}")
-    return UploadTooLargeError(f"the link's file is larger than the limit of {limit}")
+            raise Transient(proxy.failure) from e
+        raise classify(e, limits, downloading=downloading) from e
 
 
 def clean_title(raw: object) -> str:

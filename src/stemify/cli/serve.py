@@ -1,0 +1,105 @@
+"""``stemify serve`` and ``stemify worker``: the processes of the job service."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import threading
+from typing import Any
+
+import click
+
+from stemify.cli.common import fail, services_from
+from stemify.settings import Settings
+
+log = logging.getLogger("stemify")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _observability(settings: Settings) -> Any:
+    """Logs, metrics and error tracking, before anything else of the process starts."""
+    from stemify.observability.setup import start_process
+
+    return start_process(settings)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def serve(host: str, port: int) -> None:
+    """Start the HTTP API (and, without STEMIFY_REDIS_URL, the in-process worker)."""
+    import uvicorn
+
+    from stemify.api.app import create_app
+    from stemify.worker.pool import EmbeddedWorkers
+
+    settings = Settings()
+    metrics = _observability(settings)
+    auth = settings.auth or ("off" if _is_loopback(host) else "required")
+    services = services_from(settings, metrics)
+    workers = None
+    if not settings.distributed:
+        workers = EmbeddedWorkers(services, settings.worker_concurrency)
+        workers.start()
+        log.info("embedded mode: %d in-process worker(s), data in %s", len(workers.threads),
+                 settings.data_dir.resolve())  # fmt: skip
+    else:
+        log.info("distributed mode: jobs go to the Redis queue; run `stemify worker` processes")
+    if auth == "off":
+        log.warning(
+            "authentication is OFF (serving on loopback %s for one local user); "
+            "set STEMIFY_AUTH=required to require API keys", host,
+        )  # fmt: skip
+    app = create_app(services, auth_required=auth == "required")
+    try:
+        # Our logging and our request log line (with the request id) instead of uvicorn's.
+        # proxy_headers off: the app believes X-Forwarded-* only from STEMIFY_TRUSTED_PROXIES.
+        uvicorn.run(app, host=host, port=port, log_config=None, access_log=False,
+                    proxy_headers=False, timeout_graceful_shutdown=5)  # fmt: skip
+    finally:
+        if workers is not None:
+            workers.stop()
+        services.close()
+
+
+@click.command()
+@click.option("--concurrency", type=int, help="Jobs at once (default: STEMIFY_WORKER_CONCURRENCY).")
+def worker(concurrency: int | None) -> None:
+    """Process jobs from the Redis queue (needs STEMIFY_REDIS_URL)."""
+    from stemify.worker.pool import DramatiqWorkers
+
+    settings = Settings()
+    if not settings.distributed:
+        fail(
+            "stemify worker needs STEMIFY_REDIS_URL; "
+            "without it `stemify serve` runs the jobs itself"
+        )
+    metrics = _observability(settings)
+    services = services_from(settings, metrics)
+    if settings.worker_metrics_port:
+        from stemify.observability.setup import serve_worker_metrics
+
+        serve_worker_metrics(settings.worker_metrics_port)
+    workers = DramatiqWorkers(services, concurrency or settings.worker_concurrency)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    workers.start()
+    log.info(
+        "worker %s started (%s)",
+        workers.worker_id,
+        f"concurrency {concurrency or settings.worker_concurrency}",
+    )
+    stop.wait()
+    log.info("stopping: finishing running jobs within %.0f s", settings.shutdown_grace_s)
+    workers.stop()
+    services.close()

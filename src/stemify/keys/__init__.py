@@ -1,0 +1,1 @@
+"""API keys and the audio-minutes ledger that the per-key limits count against."""

@@ -1,0 +1,58 @@
+"""The workers consuming the queue: each process beats a row here from its maintenance loop,
+so ``/health``, ``/ready`` and the metrics know which workers are alive and how busy."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select, update
+
+from stemify.db.database import Database
+from stemify.db.schema import WorkerRow
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    id: str
+    hostname: str
+    pid: int
+    last_seen: datetime
+    running: int
+
+
+class WorkerRegistry:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def seen(self, worker_id: str, now: datetime, running: int) -> None:
+        with self.db.session() as session:
+            row = session.get(WorkerRow, worker_id)
+            if row is None:
+                session.add(
+                    WorkerRow(
+                        id=worker_id,
+                        hostname=socket.gethostname(),
+                        pid=os.getpid(),
+                        started_at=now,
+                        last_seen=now,
+                        running=running,
+                    )
+                )
+            else:
+                row.last_seen, row.running, row.stopped = now, running, False
+
+    def stopped(self, worker_id: str) -> None:
+        with self.db.session() as session:
+            session.execute(update(WorkerRow).where(WorkerRow.id == worker_id).values(stopped=True))
+
+    def alive(self, seen_after: datetime) -> list[WorkerInfo]:
+        with self.db.session() as session:
+            rows = session.scalars(
+                select(WorkerRow).where(
+                    WorkerRow.last_seen > seen_after, WorkerRow.stopped.is_(False)
+                )
+            ).all()
+            return [WorkerInfo(r.id, r.hostname, r.pid, r.last_seen, r.running) for r in rows]
