@@ -17,8 +17,8 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 # ffmpeg decodes audio; chromium runs the web page tests; prometheus provides promtool for the
-# alert rule tests.
-SYSTEM_TOOLS := ffmpeg:ffmpeg ffprobe:ffmpeg chromium:chromium promtool:prometheus
+# alert rule tests; curl and jq run the documentation's own commands in the tests.
+SYSTEM_TOOLS := ffmpeg:ffmpeg ffprobe:ffmpeg chromium:chromium promtool:prometheus curl:curl jq:jq
 
 system-deps:
 	@missing=$$(for pair in $(SYSTEM_TOOLS); do \
@@ -34,8 +34,10 @@ setup: system-deps $(STAMP)
 run: setup
 	$(VENV)/bin/stemify serve
 
+# Line coverage of src/stemify, the stemify processes the tests start included (the
+# [tool.coverage.*] sections of pyproject.toml); fails under their fail_under.
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest --cov --cov-report=term
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench

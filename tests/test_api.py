@@ -262,6 +262,37 @@ def test_link_creates_a_queued_job(api: Api) -> None:
     assert response.status_code == 202, response.text
 
 
+@pytest.mark.parametrize("route", ["/jobs", "/stemify"])
+def test_youtube_url_is_the_url_field(api: Api, route: str) -> None:
+    """The origin document's name for a link, on both submission routes."""
+    form = {"youtube_url": (None, "https://example.com/watch/song.mp3"), "shifts": (None, "0")}
+    response = api.client.post(route, files=form)
+    assert response.status_code == 202, response.text
+    assert response.json()["input"]["url"] == "https://example.com/watch/song.mp3"
+    both = {**form, "url": (None, "https://example.com/other.mp3")}
+    assert "not several" in error_of(api.client.post(route, files=both), 422, "invalid_url")
+
+
+def test_options_are_judged_once_the_form_is_read(make_api: MakeApi, song: Path) -> None:
+    """``-F file=@song.mp3 -F model=tiny`` (the file first, as curl users write it) is judged
+    by the model it names, not by a default model that is not installed."""
+    api = make_api(default_model="htdemucs")  # not installed
+    with song.open("rb") as file:
+        parts = [("file", ("song.wav", file.read())), ("model", (None, "tiny"))]
+    response = api.client.post("/jobs", files=parts)
+    assert response.status_code == 202, response.text
+    assert response.json()["model"] == "tiny"
+    # With no model named at all, the default one decides, once the form is read.
+    with song.open("rb") as file:
+        message = error_of(api.client.post("/jobs", files={"file": file}), 422)
+    assert "'htdemucs' is not installed" in message
+    # An option sent before the file is still refused before the upload is stored.
+    before = api.leftovers()
+    early = [("shifts", (None, "99")), ("file", ("song.wav", b"\0" * 100))]
+    assert "shifts" in error_of(api.client.post("/jobs", files=early), 422)
+    assert api.leftovers() == before
+
+
 def test_neither_or_both_sources_is_400(api: Api, song: Path) -> None:
     assert "file" in error_of(api.client.post("/jobs", data={"model": "tiny"}), 400, "bad_request")
     error_of(api.client.post("/jobs"), 400, "bad_request")
