@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support.processes import Cluster, FileServer
-from test_service_embedded import embedded_env
+from support.processes import Cluster, FileServer, embedded_env
 
 pytestmark = pytest.mark.service
 

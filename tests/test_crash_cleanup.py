@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support.processes import Cluster, client
+from support.processes import Cluster, client, embedded_env
 
 pytestmark = pytest.mark.service
 
@@ -55,18 +55,13 @@ def test_a_killed_upload_leaves_nothing_after_the_temp_cleanup(
     tmp_path: Path, model_dir: Path
 ) -> None:
     data_dir = tmp_path / "data"
-    cluster = Cluster(
-        tmp_path,
-        {
-            "STEMIFY_DATA_DIR": str(data_dir),
-            "STEMIFY_MODEL_DIR": str(model_dir),
-            "STEMIFY_DEFAULT_MODEL": "tiny",
-            "STEMIFY_LOG_FORMAT": "console",
-            "STEMIFY_TEMP_MAX_AGE_S": "2",
-            "STEMIFY_SWEEP_INTERVAL_S": "1",
-            "STEMIFY_HEARTBEAT_INTERVAL_S": "0.2",
-        },
-    )
+    fast_cleanup = {
+        "STEMIFY_LOG_FORMAT": "console",
+        "STEMIFY_TEMP_MAX_AGE_S": "2",
+        "STEMIFY_SWEEP_INTERVAL_S": "1",
+        "STEMIFY_HEARTBEAT_INTERVAL_S": "0.2",
+    }
+    cluster = Cluster(tmp_path, embedded_env(tmp_path, model_dir, fast_cleanup))
     try:
         first = cluster.serve()
         upload = _start_upload(cluster.port, 3 << 20)

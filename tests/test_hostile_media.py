@@ -26,8 +26,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from support.processes import Cluster, FileServer, client, wait_for
-from test_service_embedded import embedded_env
+from support.processes import Cluster, FileServer, client, embedded_env, wait_for
 
 from stemify.audio import decode_blocks, probe
 from stemify.audio.decode import _read_full

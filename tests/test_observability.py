@@ -25,9 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from sentry_sdk.envelope import Envelope
 from sentry_sdk.transport import Transport
-from support.processes import Cluster, Receiver, client, free_port, submit, wait_for
+from support.processes import Cluster, Receiver, client, embedded_env, free_port, submit, wait_for
 from test_service_distributed import distributed_env
-from test_service_embedded import embedded_env
 
 from stemify import __version__
 from stemify.api.app import create_app

@@ -31,11 +31,10 @@ from stemify.testing.random_models import (
     save_quantized_model,
 )
 
-pytestmark = pytest.mark.unit
-
+LOW_BITS, HIGH_BITS = 4, 6
 RATE = 44100
 MakeAudio = Callable[..., Path]
-LOW_BITS, HIGH_BITS = 4, 6
+pytestmark = pytest.mark.unit
 # Parameters above diffq's min_size are quantized; the rest are stored as float32.
 MIN_PARAMS = int(QUANT_MIN_SIZE_MB * 2**20 // 4)
 

@@ -14,7 +14,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support.processes import Cluster, FileServer, Receiver, client, submit, wait_for
+from support.processes import (
+    Cluster,
+    FileServer,
+    Receiver,
+    client,
+    embedded_env,
+    submit,
+    wait_for,
+)
 
 from stemify.audio import decode_blocks
 from stemify.egress.webhooks import verify
@@ -22,15 +30,6 @@ from stemify.egress.webhooks import verify
 pytestmark = pytest.mark.service
 
 MakeAudio = Callable[..., Path]
-
-
-def embedded_env(tmp_path: Path, model_dir: Path, extra: dict[str, str]) -> dict[str, str]:
-    return {
-        "STEMIFY_DATA_DIR": str(tmp_path / "data"),
-        "STEMIFY_MODEL_DIR": str(model_dir),
-        "STEMIFY_DEFAULT_MODEL": "tiny",
-        **extra,
-    }
 
 
 @pytest.fixture

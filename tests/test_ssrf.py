@@ -21,8 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-from support.processes import Cluster, client, free_port, wait_for
-from test_service_embedded import embedded_env
+from support.processes import Cluster, client, embedded_env, free_port, wait_for
 
 from stemify.egress.fetch import FetchLimits, fetch_url
 from stemify.egress.guarded_proxy import GuardedProxy

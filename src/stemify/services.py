@@ -110,6 +110,7 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
         allowlist=tuple(settings.url_allowlist), allow_loopback=settings.allow_loopback_urls
     )
     store, usage, storage = JobStore(db), UsageLedger(db), storage_from_url(settings.storage)
+    result_ttl = timedelta(hours=settings.result_ttl_hours)
     webhooks = Webhooks(
         secret=secret,
         policy=policy,
@@ -136,14 +137,5 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
         metrics=metrics,
         links=links,
         url_policy=policy,
-        jobs=JobLifecycle(
-            store=store,
-            usage=usage,
-            storage=storage,
-            queue=queue,
-            events=events,
-            metrics=metrics,
-            webhooks=webhooks,
-            result_ttl=timedelta(hours=settings.result_ttl_hours),
-        ),
+        jobs=JobLifecycle(store, usage, storage, queue, events, metrics, webhooks, result_ttl),
     )

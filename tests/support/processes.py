@@ -79,6 +79,17 @@ class Process:
         self._file.close()
 
 
+def embedded_env(tmp_path: Path, model_dir: Path, extra: dict[str, str]) -> dict[str, str]:
+    """The environment of one embedded `stemify serve`: data in ``tmp_path/data``, the test
+    models, ``tiny`` by default."""
+    return {
+        "STEMIFY_DATA_DIR": str(tmp_path / "data"),
+        "STEMIFY_MODEL_DIR": str(model_dir),
+        "STEMIFY_DEFAULT_MODEL": "tiny",
+        **extra,
+    }
+
+
 class Cluster:
     """Environment and processes of one stemify deployment under test."""
 

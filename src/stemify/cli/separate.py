@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import click
 from tqdm import tqdm
 
 from stemify.audio import OutputFormat
-from stemify.cli.common import fail, model_dir_option, settings_from
+from stemify.cli.common import F, fail, model_dir_option, settings_from
 from stemify.engine import (
     InferenceOptions,
     Progress,
@@ -70,6 +71,13 @@ class _Bar:
         self._bar.close()
 
 
+def _param_option(name: str, kind: type) -> Callable[[F], F]:
+    """``--name`` with the default and help declared in :class:`SeparationParams`."""
+    flag = "--" + name.replace("_", "-")
+    return click.option(flag, type=kind, default=default_of(name), show_default=True,
+                        help=help_of(name))  # fmt: skip
+
+
 @click.command()
 @click.argument("tracks", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-n", "--name", default="htdemucs", show_default=True, help="Model name.")
@@ -84,30 +92,12 @@ class _Bar:
 @click.option("--two-stems", metavar="STEM", help=help_of("two_stems"))
 @click.option("--stems", metavar="LIST", help=help_of("stems"))
 @click.option("--mp3", is_flag=True, help="Write mp3.")
-@click.option(
-    "--mp3-bitrate",
-    type=int,
-    default=default_of("mp3_bitrate"),
-    show_default=True,
-    help=help_of("mp3_bitrate"),
-)
+@_param_option("mp3_bitrate", int)
 @click.option("--flac", is_flag=True, help="Write flac (16-bit, or 24 with --int24).")
 @click.option("--int24", is_flag=True, help="24-bit integer wav or flac.")
 @click.option("--float32", is_flag=True, help="32-bit float wav.")
-@click.option(
-    "--shifts",
-    type=int,
-    default=default_of("shifts"),
-    show_default=True,
-    help=help_of("shifts"),
-)
-@click.option(
-    "--overlap",
-    type=float,
-    default=default_of("overlap"),
-    show_default=True,
-    help=help_of("overlap"),
-)
+@_param_option("shifts", int)
+@_param_option("overlap", float)
 @click.option("--segment", type=float, help="Segment length in seconds (default: the model's).")
 @click.option(
     "--clip-mode",

@@ -1,9 +1,5 @@
-"""one name per limit: the key columns are named as the settings, CLI flags and /usage
-
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-12-01 10:00:00.000000
-"""
+"""Revision 0003 (after 0002, 2026-12-01): one name per limit. The key columns are named as
+the settings, the `stemify keys` flags and the /usage fields are."""
 
 from __future__ import annotations
 
@@ -11,8 +7,6 @@ from alembic import op
 
 revision = "0003"
 down_revision = "0002"
-branch_labels = None
-depends_on = None
 
 RENAMES = [
     ("rate_per_minute", "submissions_per_minute"),
