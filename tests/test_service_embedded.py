@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import signal
 import zipfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -282,5 +283,25 @@ def test_operator_commands_and_job_timeout(
         cleaned = cluster.cli("jobs", "cleanup", "--failed")
         assert "deleted 2 failed or canceled job(s)" in cleaned.stdout, cleaned.stderr
         assert api.get(f"/jobs/{failed['id']}").status_code == 404
+    finally:
+        cluster.stop()
+
+
+def test_sigterm_to_serve_hands_the_running_job_back(
+    model_dir: Path, tmp_path: Path, make_audio: MakeAudio
+) -> None:
+    """uvicorn ends a SIGTERM by raising it again: the embedded workers must drain before."""
+    env = embedded_env(tmp_path, model_dir, {"STEMIFY_SHUTDOWN_GRACE_S": "1"})
+    cluster = Cluster(tmp_path, env)
+    try:
+        first = cluster.serve()
+        api = client(cluster.base)
+        job = submit(api, make_audio("long.wav", seconds=12.0), shifts="2")
+        wait_for(api, job["id"], lambda j: j["status"] == "running" and j["progress"] > 3)
+        first.signal(signal.SIGTERM)
+        first.wait(60)
+        assert "handed back" in first.output(), first.output()
+        cluster.serve()
+        assert wait_for(api, job["id"], timeout=120)["status"] == "succeeded", cluster.logs()
     finally:
         cluster.stop()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
 import anyio
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from stemify import __version__
 from stemify.api import (
@@ -27,9 +31,20 @@ API_PREFIX = "/api/v1"
 EVENT_WAITERS = 256
 
 
-def create_app(services: Services, *, auth_required: bool) -> FastAPI:
+def create_app(
+    services: Services, *, auth_required: bool, on_shutdown: Callable[[], None] | None = None
+) -> FastAPI:
+    """``on_shutdown`` runs (in a thread) once the server has stopped taking requests."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        if on_shutdown is not None:
+            await run_in_threadpool(on_shutdown)
+
     app = EdgeApp(
         services.settings,
+        lifespan=lifespan,
         title="stemify",
         version=__version__,
         description=(

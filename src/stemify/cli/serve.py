@@ -59,16 +59,27 @@ def serve(host: str, port: int) -> None:
             "authentication is OFF (serving on loopback %s for one local user); "
             "set STEMIFY_AUTH=required to require API keys", host,
         )  # fmt: skip
-    app = create_app(services, auth_required=auth == "required")
+    stopped = threading.Event()
+
+    def stop() -> None:
+        """Finish or hand back the running jobs, then close; once, however the server ends.
+        uvicorn ends a SIGTERM by raising it again after the app's shutdown, so that shutdown
+        (``on_shutdown``) is the last code of this process that runs."""
+        if stopped.is_set():
+            return
+        stopped.set()
+        if workers is not None:
+            workers.stop()
+        services.close()
+
+    app = create_app(services, auth_required=auth == "required", on_shutdown=stop)
     try:
         # Our logging and our request log line (with the request id) instead of uvicorn's.
         # proxy_headers off: the app believes X-Forwarded-* only from STEMIFY_TRUSTED_PROXIES.
         uvicorn.run(app, host=host, port=port, log_config=None, access_log=False,
                     proxy_headers=False, timeout_graceful_shutdown=5)  # fmt: skip
     finally:
-        if workers is not None:
-            workers.stop()
-        services.close()
+        stop()
 
 
 @click.command()
