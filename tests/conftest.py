@@ -198,3 +198,36 @@ def make_services(tmp_path: Path, model_dir: Path) -> Iterator[MakeServices]:
 @pytest.fixture
 def services(make_services: MakeServices) -> Services:
     return make_services()
+
+
+# ---- S3: SeaweedFS (tests/support/s3.py) -------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One `weed mini` for the session, on 127.0.0.1 ports of its own."""
+    from support.s3 import seaweedfs
+
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A fresh bucket (a ``support.s3.S3Bucket``); boto3's AWS_* variables point at the server,
+    so S3Storage finds it as a deployment would, and nothing comes from the machine's config."""
+    import contextlib
+    import uuid
+
+    from support.s3 import BOTO3_CLEARED, S3Bucket, boto3_env
+
+    for name in BOTO3_CLEARED:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in boto3_env(s3_server, tmp_path).items():
+        monkeypatch.setenv(name, value)
+    client = s3_server.admin
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    client.create_bucket(Bucket=name)
+    yield S3Bucket(server=s3_server, name=name, client=client)
+    with contextlib.suppress(Exception):  # the server's allowDeleteBucketNotEmpty: all goes
+        client.delete_bucket(Bucket=name)

@@ -1,4 +1,6 @@
-"""LocalStorage on a real directory: atomic writes, ranges, prefixes and key safety."""
+"""The storage contract on both backends — LocalStorage on a real directory and S3Storage on a
+real S3 server (SeaweedFS, the ``s3`` fixture): atomic writes, ranges, prefixes, key safety;
+then what only LocalStorage has (its temp dir, symlinks, local paths)."""
 
 from __future__ import annotations
 
@@ -10,17 +12,47 @@ import pytest
 
 from stemify.errors import NotFoundError, StorageError
 from stemify.storage import LocalStorage, Storage, check_key, storage_from_url
+from stemify.storage.s3 import MIN_PART_SIZE, S3Storage
 
-pytestmark = pytest.mark.unit
+# S3Storage's keys go under this prefix of the test bucket.
+S3_PREFIX = "stemify/test"
+
+# Speed markers: the local backend's tests are unit tests; the S3 ones talk to a real server
+# (all of them together take over 20 s), so they are api tests, out of `pytest -m unit`.
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("local", marks=pytest.mark.unit),
+        pytest.param("s3", marks=pytest.mark.api),
+    ]
+)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    """Each backend in turn: the contract tests run on both."""
+    if request.param == "local":
+        return LocalStorage(tmp_path / "store")
+    bucket = request.getfixturevalue("s3")
+    return S3Storage(bucket.name, S3_PREFIX, part_size=MIN_PART_SIZE, session=bucket.session)
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> LocalStorage:
+def local(tmp_path: Path) -> LocalStorage:
     return LocalStorage(tmp_path / "store")
 
 
-def visible_files(store: LocalStorage) -> list[str]:
-    """Every file a reader could see, i.e. everything except the temp area."""
+def visible_files(store: Storage) -> list[str]:
+    """Every object a reader could see, i.e. everything except the temp area (local) or the
+    multipart uploads in progress (S3)."""
+    if isinstance(store, S3Storage):
+        pages = store.client.get_paginator("list_objects_v2").paginate(
+            Bucket=store.bucket, Prefix=store.prefix
+        )
+        return sorted(
+            item["Key"].removeprefix(store.prefix)
+            for page in pages
+            for item in page.get("Contents", ())
+        )
+    assert isinstance(store, LocalStorage)
     return sorted(
         p.relative_to(store.root).as_posix()
         for p in store.root.rglob("*")
@@ -28,10 +60,29 @@ def visible_files(store: LocalStorage) -> list[str]:
     )
 
 
-def temp_files(store: LocalStorage) -> list[Path]:
+def temp_files(store: Storage) -> list[object]:
+    """What unfinished writes hold: temp files (local), multipart uploads (S3)."""
+    if isinstance(store, S3Storage):
+        answer = store.client.list_multipart_uploads(Bucket=store.bucket, Prefix=store.prefix)
+        return list(answer.get("Uploads", ()))
+    assert isinstance(store, LocalStorage)
     return list(store.temp_dir.iterdir())
 
 
+def abandon_a_write(store: Storage) -> None:
+    """What a writer killed mid-way leaves: a temp file, or a multipart upload with a part."""
+    if isinstance(store, S3Storage):
+        name = f"{store.prefix}jobs/crashed/input"
+        upload = store.client.create_multipart_upload(Bucket=store.bucket, Key=name)
+        store.client.upload_part(
+            Bucket=store.bucket, Key=name, UploadId=upload["UploadId"], PartNumber=1, Body=b"x"
+        )
+        return
+    assert isinstance(store, LocalStorage)
+    (store.temp_dir / "crashed.part").write_bytes(b"x")
+
+
+@pytest.mark.unit
 def test_root_and_temp_dir_are_created(tmp_path: Path) -> None:
     store = LocalStorage(tmp_path / "a" / "b")
     assert store.root.is_dir()
@@ -39,7 +90,7 @@ def test_root_and_temp_dir_are_created(tmp_path: Path) -> None:
     assert store.temp_dir.is_dir()
 
 
-def test_put_file_round_trip(store: LocalStorage, tmp_path: Path) -> None:
+def test_put_file_round_trip(store: Storage, tmp_path: Path) -> None:
     data = os.urandom(200_000)
     source = tmp_path / "song.flac"
     source.write_bytes(data)
@@ -52,21 +103,25 @@ def test_put_file_round_trip(store: LocalStorage, tmp_path: Path) -> None:
     with store.open("jobs/1/input") as f:
         assert f.read() == data
     assert b"".join(store.read_range("jobs/1/input", 0, None)) == data
-    assert store.local_path("jobs/1/input") == store.root / "jobs" / "1" / "input"
+    if isinstance(store, LocalStorage):
+        assert store.local_path("jobs/1/input") == store.root / "jobs" / "1" / "input"
+    else:
+        assert store.local_path("jobs/1/input") is None
     assert temp_files(store) == []
 
 
-def test_put_file_move(store: LocalStorage, tmp_path: Path) -> None:
+def test_put_file_move(store: Storage, tmp_path: Path) -> None:
     source = tmp_path / "upload.bin"
     source.write_bytes(b"abc")
     assert store.put_file("jobs/2/input", source, move=True) == 3
     assert not source.exists()
-    assert store.local_path("jobs/2/input") is not None
+    if isinstance(store, LocalStorage):
+        assert store.local_path("jobs/2/input") is not None
     with store.open("jobs/2/input") as f:
         assert f.read() == b"abc"
 
 
-def test_put_file_replaces_an_existing_object(store: LocalStorage, tmp_path: Path) -> None:
+def test_put_file_replaces_an_existing_object(store: Storage, tmp_path: Path) -> None:
     source = tmp_path / "x"
     source.write_bytes(b"old")
     store.put_file("k", source)
@@ -76,25 +131,26 @@ def test_put_file_replaces_an_existing_object(store: LocalStorage, tmp_path: Pat
         assert f.read() == b"newer"
 
 
-def test_put_file_missing_source(store: LocalStorage, tmp_path: Path) -> None:
+def test_put_file_missing_source(store: Storage, tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="does not exist"):
         store.put_file("k", tmp_path / "nope")
     assert visible_files(store) == []
     assert temp_files(store) == []
 
 
-def test_writer_streams_and_commits(store: LocalStorage) -> None:
+def test_writer_streams_and_commits(store: Storage) -> None:
     with store.writer("jobs/1/stems/vocals.wav") as out:
         out.write(b"RIFF")
         out.write(b"\x00" * 1000)
         # Not visible while the block runs.
         assert not store.exists("jobs/1/stems/vocals.wav")
-        assert len(temp_files(store)) == 1
+        if isinstance(store, LocalStorage):
+            assert len(temp_files(store)) == 1  # S3: under one part, nothing is sent yet
     assert store.size("jobs/1/stems/vocals.wav") == 1004
     assert temp_files(store) == []
 
 
-def test_writer_exception_leaves_nothing(store: LocalStorage) -> None:
+def test_writer_exception_leaves_nothing(store: Storage) -> None:
     class Boom(Exception):
         pass
 
@@ -106,7 +162,7 @@ def test_writer_exception_leaves_nothing(store: LocalStorage) -> None:
     assert temp_files(store) == []
 
 
-def test_writer_exception_keeps_the_previous_version(store: LocalStorage) -> None:
+def test_writer_exception_keeps_the_previous_version(store: Storage) -> None:
     with store.writer("k") as out:
         out.write(b"v1")
     with pytest.raises(RuntimeError), store.writer("k") as out:
@@ -116,7 +172,7 @@ def test_writer_exception_keeps_the_previous_version(store: LocalStorage) -> Non
         assert f.read() == b"v1"
 
 
-def test_missing_keys(store: LocalStorage) -> None:
+def test_missing_keys(store: Storage) -> None:
     with pytest.raises(NotFoundError) as info:
         store.open("jobs/none/input")
     assert info.value.code == "not_found"
@@ -125,11 +181,18 @@ def test_missing_keys(store: LocalStorage) -> None:
     with pytest.raises(NotFoundError):
         store.read_range("jobs/none/input", 0, None)  # raised by the call, not on iteration
     with pytest.raises(NotFoundError):
-        store.local_path("jobs/none/input")
+        store.read_range("jobs/none/input", 10, 20)
+    with pytest.raises(NotFoundError):
+        store.read_range("jobs/none/input", 5, 5)
+    if isinstance(store, LocalStorage):
+        with pytest.raises(NotFoundError):
+            store.local_path("jobs/none/input")
+    else:
+        assert store.local_path("jobs/none/input") is None  # no local files at all
     assert not store.exists("jobs/none/input")
 
 
-def test_a_directory_is_not_an_object(store: LocalStorage) -> None:
+def test_a_directory_is_not_an_object(store: Storage) -> None:
     with store.writer("jobs/1/input") as out:
         out.write(b"x")
     assert not store.exists("jobs/1")
@@ -154,15 +217,13 @@ def test_a_directory_is_not_an_object(store: LocalStorage) -> None:
         (90, 1000, bytes(range(90, 100))),  # end clipped to the size
     ],
 )
-def test_read_range_edges(
-    store: LocalStorage, start: int, end: int | None, expected: bytes
-) -> None:
+def test_read_range_edges(store: Storage, start: int, end: int | None, expected: bytes) -> None:
     with store.writer("blob") as out:
         out.write(bytes(range(100)))
     assert b"".join(store.read_range("blob", start, end)) == expected
 
 
-def test_read_range_chunks(store: LocalStorage) -> None:
+def test_read_range_chunks(store: Storage) -> None:
     data = os.urandom(10_000)
     with store.writer("blob") as out:
         out.write(data)
@@ -174,7 +235,7 @@ def test_read_range_chunks(store: LocalStorage) -> None:
 
 @pytest.mark.parametrize(("start", "end", "chunk"), [(-1, None, 10), (10, 5, 10), (0, 5, 0)])
 def test_read_range_rejects_bad_arguments(
-    store: LocalStorage, start: int, end: int | None, chunk: int
+    store: Storage, start: int, end: int | None, chunk: int
 ) -> None:
     with store.writer("blob") as out:
         out.write(b"0123456789")
@@ -182,7 +243,7 @@ def test_read_range_rejects_bad_arguments(
         store.read_range("blob", start, end, chunk)
 
 
-def test_delete_prefix(store: LocalStorage) -> None:
+def test_delete_prefix(store: Storage) -> None:
     for key in [
         "jobs/1/input",
         "jobs/1/stems/vocals.wav",
@@ -220,7 +281,7 @@ def test_delete_prefix(store: LocalStorage) -> None:
         ".tmp/abc.part",
     ],
 )
-def test_unsafe_keys_are_rejected(store: LocalStorage, tmp_path: Path, key: str) -> None:
+def test_unsafe_keys_are_rejected(store: Storage, tmp_path: Path, key: str) -> None:
     source = tmp_path / "src"
     source.write_bytes(b"x")
     with pytest.raises(ValueError):
@@ -240,7 +301,7 @@ def test_unsafe_keys_are_rejected(store: LocalStorage, tmp_path: Path, key: str)
     assert (tmp_path / "outside").exists() is False
 
 
-def test_empty_prefix_cannot_wipe_the_store(store: LocalStorage) -> None:
+def test_empty_prefix_cannot_wipe_the_store(store: Storage) -> None:
     with store.writer("jobs/1/input") as out:
         out.write(b"x")
     for prefix in ["", "/"]:
@@ -249,7 +310,36 @@ def test_empty_prefix_cannot_wipe_the_store(store: LocalStorage) -> None:
     assert store.exists("jobs/1/input")
 
 
-def test_symlink_out_of_the_store_is_refused(store: LocalStorage, tmp_path: Path) -> None:
+def test_cleanup_temp_removes_abandoned_writes(store: Storage) -> None:
+    abandon_a_write(store)
+    assert store.cleanup_temp(600) == 0  # too fresh: it could be a live writer's
+    assert len(temp_files(store)) == 1
+    later = time.time() + 3600
+    assert store.cleanup_temp(600, now=later) == 1  # type: ignore[call-arg]
+    assert temp_files(store) == []
+    assert visible_files(store) == []
+    assert store.cleanup_temp(600, now=later) == 0  # type: ignore[call-arg]
+
+
+def test_copy_shares_bytes_and_survives_the_source(store: Storage) -> None:
+    with store.writer("jobs/a/stems/vocals.wav") as out:
+        out.write(b"stem bytes")
+    assert store.copy("jobs/a/stems/vocals.wav", "jobs/b/stems/vocals.wav") == 10
+    assert store.delete_prefix("jobs/a") == 1
+    with store.open("jobs/b/stems/vocals.wav") as reader:
+        assert reader.read() == b"stem bytes"
+    assert temp_files(store) == []
+    with pytest.raises(NotFoundError):
+        store.copy("jobs/a/stems/vocals.wav", "jobs/c/stems/vocals.wav")
+    assert not store.exists("jobs/c/stems/vocals.wav")
+
+
+# ---- LocalStorage only --------------------------------------------------------------------------
+
+
+@pytest.mark.unit
+def test_symlink_out_of_the_store_is_refused(local: LocalStorage, tmp_path: Path) -> None:
+    store = local
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "secret").write_bytes(b"s")
@@ -259,7 +349,9 @@ def test_symlink_out_of_the_store_is_refused(store: LocalStorage, tmp_path: Path
         store.open("jobs/evil/secret")
 
 
-def test_cleanup_temp_removes_only_old_files(store: LocalStorage) -> None:
+@pytest.mark.unit
+def test_cleanup_temp_removes_only_old_files(local: LocalStorage) -> None:
+    store = local
     old = store.temp_dir / "abandoned.part"
     old.write_bytes(b"x")
     an_hour_ago = time.time() - 3600
@@ -272,7 +364,9 @@ def test_cleanup_temp_removes_only_old_files(store: LocalStorage) -> None:
     assert fresh.exists()
 
 
-def test_usage(store: LocalStorage) -> None:
+@pytest.mark.unit
+def test_usage(local: LocalStorage) -> None:
+    store = local
     usage = store.usage()
     assert usage is not None
     free, total = usage
@@ -280,6 +374,7 @@ def test_usage(store: LocalStorage) -> None:
     assert total > 0
 
 
+@pytest.mark.unit
 def test_storage_from_url(tmp_path: Path) -> None:
     by_url = storage_from_url((tmp_path / "a").as_uri())
     assert isinstance(by_url, LocalStorage)
@@ -303,10 +398,11 @@ def test_storage_from_url(tmp_path: Path) -> None:
     assert store.size("k") == 1
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("s3://bucket/prefix", "unsupported storage URL scheme 's3'"),
+        ("s3://", "must name a bucket"),  # s3://bucket/prefix is S3Storage now
         ("https://example.com/x", "unsupported storage URL scheme 'https'"),
         ("file://host/path", "file:///absolute/path"),
         ("file:relative", "absolute path"),
@@ -316,16 +412,3 @@ def test_storage_from_url(tmp_path: Path) -> None:
 def test_storage_from_url_rejects(url: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         storage_from_url(url)
-
-
-def test_copy_shares_bytes_and_survives_the_source(store: LocalStorage) -> None:
-    with store.writer("jobs/a/stems/vocals.wav") as out:
-        out.write(b"stem bytes")
-    assert store.copy("jobs/a/stems/vocals.wav", "jobs/b/stems/vocals.wav") == 10
-    assert store.delete_prefix("jobs/a") == 1
-    with store.open("jobs/b/stems/vocals.wav") as reader:
-        assert reader.read() == b"stem bytes"
-    assert temp_files(store) == []
-    with pytest.raises(NotFoundError):
-        store.copy("jobs/a/stems/vocals.wav", "jobs/c/stems/vocals.wav")
-    assert not store.exists("jobs/c/stems/vocals.wav")

@@ -109,7 +109,8 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
     policy = URLPolicy(
         allowlist=tuple(settings.url_allowlist), allow_loopback=settings.allow_loopback_urls
     )
-    store, usage, storage = JobStore(db), UsageLedger(db), storage_from_url(settings.storage)
+    storage = storage_from_url(settings.storage, s3_addressing_style=settings.s3_addressing_style)
+    store, usage = JobStore(db), UsageLedger(db)
     result_ttl = timedelta(hours=settings.result_ttl_hours)
     webhooks = Webhooks(
         secret=secret,

@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None  # default: SQLite in data_dir
     redis_url: SecretStr | None = None  # unset: embedded mode (no queue server)
     storage_url: str | None = None  # default: data_dir/storage
+    # s3://BUCKET/PREFIX storage: endpoint, region and credentials come from boto3's own
+    # configuration (AWS_ENDPOINT_URL_S3, AWS_REGION, AWS_ACCESS_KEY_ID, ~/.aws/config, roles);
+    # this is what boto3 has no variable for. auto: boto3's choice (or its config file's).
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
     redis_prefix: str = "stemify"
     # A passwordless Redis on another machine is refused unless this says the network is trusted.
     allow_insecure_redis: bool = False

@@ -1,29 +1,51 @@
-"""Where job inputs and stems live: a small byte-stream interface (:class:`Storage`) and its
-local-directory backend; :func:`storage_from_url` picks the backend from a setting."""
+"""Where job inputs and stems live: a small byte-stream interface (:class:`Storage`), its
+local-directory and S3 backends; :func:`storage_from_url` picks the backend from a setting."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from stemify.storage.base import Storage, check_key, local_file
 from stemify.storage.local import LocalStorage
 
-__all__ = ["LocalStorage", "Storage", "check_key", "local_file", "storage_from_url"]
+if TYPE_CHECKING:
+    from stemify.storage.s3 import S3Storage
+
+__all__ = ["LocalStorage", "S3Storage", "Storage", "check_key", "local_file", "storage_from_url"]
 
 
-def storage_from_url(url: str) -> Storage:
-    """``file:///abs/path`` or a plain filesystem path → :class:`LocalStorage`."""
+def __getattr__(name: str) -> object:
+    # boto3 is imported only by those who use S3.
+    if name == "S3Storage":
+        from stemify.storage.s3 import S3Storage
+
+        return S3Storage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def storage_from_url(url: str, *, s3_addressing_style: str = "auto") -> Storage:
+    """``file:///abs/path`` or a plain filesystem path → :class:`LocalStorage`;
+    ``s3://BUCKET/PREFIX`` → :class:`S3Storage` (endpoint, region and credentials from
+    boto3's own configuration; ``s3_addressing_style`` is ``STEMIFY_S3_ADDRESSING_STYLE``)."""
     if not url or not url.strip():
-        raise ValueError("storage URL is empty: use file:///absolute/path or a plain path")
+        raise ValueError(
+            "storage URL is empty: use file:///absolute/path, a plain path or s3://BUCKET/PREFIX"
+        )
     parts = urlsplit(url)
     # A one-letter "scheme" is a Windows drive letter; only real schemes are URLs.
     if not parts.scheme or len(parts.scheme) == 1:
         return LocalStorage(Path(url).expanduser())
+    if parts.scheme.lower() == "s3":
+        from stemify.storage.s3 import S3Storage, parse_s3_url
+
+        bucket, prefix = parse_s3_url(url)
+        return S3Storage(bucket, prefix, addressing_style=s3_addressing_style)
     if parts.scheme.lower() != "file":
         raise ValueError(
-            f"unsupported storage URL scheme {parts.scheme!r}: use file:///absolute/path "
-            "or a plain path (only local storage is available)"
+            f"unsupported storage URL scheme {parts.scheme!r}: use file:///absolute/path, "
+            "a plain path or s3://BUCKET/PREFIX"
         )
     if parts.netloc not in ("", "localhost"):
         raise ValueError(
