@@ -51,6 +51,7 @@ format: setup
 bench: setup
 	$(PY) bench/bench_engine.py
 	$(PY) bench/bench_service.py
+	$(PY) bench/bench_cli_startup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

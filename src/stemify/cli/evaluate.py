@@ -1,4 +1,7 @@
-"""``stemify evaluate REF_DIR EST_DIR``: SDR and SI-SDR of estimated stems against references."""
+"""``stemify evaluate REF_DIR EST_DIR``: SDR and SI-SDR of estimated stems against references.
+
+``stemify.quality`` (scipy, and torch through fast_bss_eval) is imported when the command runs.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ import click
 
 from stemify.cli.common import fail
 from stemify.errors import StemifyError
-from stemify.quality import evaluate_dirs
 
 
 @click.command()
@@ -18,6 +20,8 @@ from stemify.quality import evaluate_dirs
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def evaluate(ref_dir: Path, est_dir: Path, as_json: bool) -> None:
     """Score the stems in EST_DIR against the reference stems in REF_DIR (matched by name)."""
+    from stemify.quality import evaluate_dirs
+
     try:
         result = evaluate_dirs(ref_dir, est_dir)
     except StemifyError as exc:

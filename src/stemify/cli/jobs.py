@@ -9,8 +9,12 @@ import click
 
 from stemify.cli.common import fail, services_from
 from stemify.clock import now_utc
-from stemify.jobs.model import JobStatus
 from stemify.settings import Settings
+
+# The values of stemify.jobs.model.JobStatus (tests/test_cli_startup.py checks they agree),
+# written out so that `stemify --help` and `stemify jobs --help` do not import the job model and,
+# through it, the engine (torch). The commands themselves import JobStatus.
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled", "expired")
 
 
 @click.group()
@@ -19,11 +23,12 @@ def jobs() -> None:
 
 
 @jobs.command("list")
-@click.option("--status", type=click.Choice([s.value for s in JobStatus]))
+@click.option("--status", type=click.Choice(JOB_STATUSES))
 @click.option("--limit", type=int, default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def jobs_list(status: str | None, limit: int, as_json: bool) -> None:
     """Every caller's jobs, newest first."""
+    from stemify.jobs.model import JobStatus
     from stemify.jobs.render import job_to_dict
 
     services = services_from(Settings())
@@ -47,6 +52,8 @@ def jobs_list(status: str | None, limit: int, as_json: bool) -> None:
 @click.option("--all-failed", is_flag=True, help="Retry every failed job.")
 def jobs_retry(job_ids: tuple[str, ...], all_failed: bool) -> None:
     """Put failed or canceled jobs back on the queue."""
+    from stemify.jobs.model import JobStatus
+
     services = services_from(Settings())
     ids = list(job_ids)
     if all_failed:
@@ -71,6 +78,7 @@ def jobs_retry(job_ids: tuple[str, ...], all_failed: bool) -> None:
 @click.option("--older-than-hours", type=float, default=0.0, show_default=True)
 def jobs_cleanup(failed: bool, older_than_hours: float) -> None:
     """Expire results past their TTL now; with --failed, delete failed and canceled jobs."""
+    from stemify.jobs.model import JobStatus
     from stemify.worker.maintenance import cleanup, sweep
 
     services = services_from(Settings())

@@ -1,4 +1,7 @@
-"""``stemify keys``: create, update, list and revoke API keys."""
+"""``stemify keys``: create, update, list and revoke API keys.
+
+The key store (SQLAlchemy) is imported by the commands, not when the command line starts.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ import click
 from stemify.cli.common import fail, services_from
 from stemify.clock import now_utc
 from stemify.keys.limits import LIMIT_NAMES, KeyLimits
-from stemify.keys.store import hash_key
 from stemify.settings import Settings
 
 
@@ -75,6 +77,8 @@ def _describe_limits(limits: KeyLimits) -> str:
 @_limit_options
 def keys_create(name: str, admin: bool, **limits: str | None) -> None:
     """Create a key and print it once (only its hash is stored)."""
+    from stemify.keys.store import hash_key
+
     own = KeyLimits(**_limit_changes(limits))  # type: ignore[arg-type]
     services = services_from(Settings())
     secret = f"sk_{secrets.token_urlsafe(32)}"

@@ -1,18 +1,24 @@
-"""``stemify models list | pull | verify``: the local model directory."""
+"""``stemify models list | pull | verify``: the local model directory.
+
+None of these load a model, so none imports torch or demucs (``stemify.models`` imports them
+only to load one, or to read the sources of a local checkpoint). The download client and the
+progress bars are imported by the commands that use them.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from tqdm import tqdm
 
 from stemify.cli.common import fail, model_dir_option, settings_from
 from stemify.errors import StemifyError
-from stemify.models import list_models, pull, verify_models
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 def _size(size: int | None) -> str:
@@ -29,6 +35,8 @@ def models() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_command(model_dir: Path | None, as_json: bool) -> None:
     """Official and local models, and which are installed."""
+    from stemify.models import list_models
+
     settings = settings_from(model_dir)
     statuses = list_models(settings.model_dir)
     if as_json:
@@ -60,6 +68,8 @@ class _Bars:
         self._bars: dict[str, tqdm[Any]] = {}
 
     def __call__(self, file_name: str, done: int, total: int | None) -> None:
+        from tqdm import tqdm
+
         if file_name not in self._bars:
             self._bars[file_name] = tqdm(
                 total=total, desc=file_name, unit="B", unit_scale=True, file=sys.stderr
@@ -78,6 +88,8 @@ class _Bars:
 @click.option("--base-url", help="Download from here (default: STEMIFY_MODEL_BASE_URL).")
 def pull_command(names: tuple[str, ...], model_dir: Path | None, base_url: str | None) -> None:
     """Download official models, verify their checksums, resume partial downloads."""
+    from stemify.models import pull
+
     settings = settings_from(model_dir)
     bars = _Bars()
     try:
@@ -93,6 +105,8 @@ def pull_command(names: tuple[str, ...], model_dir: Path | None, base_url: str |
 @model_dir_option
 def verify_command(model_dir: Path | None) -> None:
     """Re-hash every installed model file; exit 1 if any is corrupt or missing."""
+    from stemify.models import verify_models
+
     settings = settings_from(model_dir)
     results = verify_models(settings.model_dir)
     for r in results:

@@ -1,4 +1,8 @@
-"""``stemify separate``: the demucs command line, on the streaming engine."""
+"""``stemify separate``: the demucs command line, on the streaming engine.
+
+The engine and the models (torch, demucs) are imported when a separation runs, not when the
+command line starts: ``stemify --help`` and the other commands do without them.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +10,18 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from tqdm import tqdm
 
 from stemify.audio import OutputFormat
 from stemify.cli.common import F, fail, model_dir_option, settings_from
-from stemify.engine import (
-    InferenceOptions,
-    Progress,
-    SeparationOptions,
-    SeparationResult,
-    separate_file,
-)
 from stemify.engine.params import default_of, help_of
 from stemify.errors import InvalidOptionError, StemifyError
-from stemify.models import load_model
 from stemify.settings import Settings
+
+if TYPE_CHECKING:
+    from stemify.engine import Progress, SeparationOptions, SeparationResult
 
 
 def output_format(
@@ -59,6 +57,8 @@ class _Bar:
     """One progress bar per file, on stderr, fed by the engine's progress callback."""
 
     def __init__(self, label: str, enabled: bool) -> None:
+        from tqdm import tqdm
+
         self._bar = tqdm(
             total=100, desc=label, unit="%", disable=not enabled, leave=False, file=sys.stderr
         )
@@ -142,6 +142,9 @@ def separate(
     as_json: bool,
 ) -> None:
     """Separate TRACKS into stems."""
+    from stemify.engine import InferenceOptions, SeparationOptions
+    from stemify.models import load_model
+
     settings = settings_from(model_dir)
     try:
         fmt = output_format(mp3, mp3_bitrate, flac, int24, float32)
@@ -186,6 +189,8 @@ def _separate_one(
     options: SeparationOptions,
     settings: Settings,
 ) -> SeparationResult | None:
+    from stemify.engine import separate_file
+
     bar = _Bar(track.name, enabled=sys.stderr.isatty())
     try:
         return separate_file(

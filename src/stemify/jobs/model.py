@@ -7,12 +7,14 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from stemify.engine import InferenceOptions, SeparationOptions
 from stemify.engine.params import SeparationParams
+
+if TYPE_CHECKING:
+    from stemify.engine import SeparationOptions
 
 
 class JobStatus(StrEnum):
@@ -53,6 +55,10 @@ class JobSpec(SeparationParams):
         return cls.model_validate(data)
 
     def separation_options(self, *, device: str, batch_size: int) -> SeparationOptions:
+        # The engine (torch) loads here, not with the job record: the store and the
+        # operators' commands must not start torch.
+        from stemify.engine import InferenceOptions, SeparationOptions
+
         return SeparationOptions(
             inference=InferenceOptions(
                 shifts=self.shifts, overlap=self.overlap, device=device, batch_size=batch_size

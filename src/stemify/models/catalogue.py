@@ -2,21 +2,24 @@
 
 The official list is built from the ``remote/files.txt`` and ``remote/<name>.yaml`` files that
 the installed demucs package ships, so URLs and bag definitions always match the demucs version
-that will load them. A model directory uses demucs' own local layout: ``<sig>-<sha8>.th``
-weights plus ``<name>.yaml`` bags listing signatures.
+that will load them. They are read as package data, without importing demucs (whose
+``demucs.pretrained`` imports torch): listing models must not cost torch's start-up. A model
+directory uses demucs' own local layout: ``<sig>-<sha8>.th`` weights plus ``<name>.yaml`` bags
+listing signatures.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
-from demucs.pretrained import REMOTE_ROOT, ROOT_URL, _parse_remote_files
+
+from stemify.errors import ModelLoadError
 
 FOUR_STEMS = ("drums", "bass", "other", "vocals")
 SIX_STEMS = (*FOUR_STEMS, "guitar", "piano")
@@ -194,16 +197,48 @@ def _model_file(file_name: str, url_path: str) -> ModelFile:
     return ModelFile(name=file_name, url_path=url_path, sha256=sha256, size=size)
 
 
+def demucs_remote_dir() -> Path:
+    """demucs' ``remote/`` package data (``files.txt``, ``<name>.yaml``), found without
+    importing demucs: ``find_spec`` of a top-level package locates it and runs none of it."""
+    spec = importlib.util.find_spec("demucs")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        remote = Path(location) / "remote"
+        if (remote / "files.txt").is_file():
+            return remote
+    raise ModelLoadError("demucs is not installed (pip install -r requirements.lock)")
+
+
+def parse_remote_files(text: str) -> dict[str, str]:
+    """Signature -> URL path relative to demucs' host, from ``remote/files.txt``.
+
+    The arithmetic of ``demucs.pretrained._parse_remote_files`` (``root:`` lines set the folder
+    of the lines after them), without demucs' host in front: the base URL stays ours to choose
+    (a mirror, or a local server in tests)."""
+    root = ""
+    paths: dict[str, str] = {}
+    for raw in text.split("\n"):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("root:"):
+            root = line.split(":", 1)[1].strip()
+            continue
+        sig = line.split("-", 1)[0]
+        if sig in paths:
+            raise ValueError(f"demucs' files.txt lists signature {sig} twice")
+        paths[sig] = root + line
+    return paths
+
+
 @functools.cache
 def official_catalogue() -> dict[str, CatalogueEntry]:
     """The official models, in display order. Read-only data from the installed demucs."""
-    # _parse_remote_files resolves `root:` folders; strip demucs' host so the base URL stays
-    # ours to choose (a mirror, or a local server in tests).
-    urls = _parse_remote_files(REMOTE_ROOT / "files.txt")
-    url_paths = {sig: url.removeprefix(ROOT_URL) for sig, url in urls.items()}
+    remote = demucs_remote_dir()
+    url_paths = parse_remote_files((remote / "files.txt").read_text())
     catalogue: dict[str, CatalogueEntry] = {}
     for name, info in _OFFICIAL.items():
-        bag_yaml = (REMOTE_ROOT / f"{name}.yaml").read_text()
+        bag_yaml = (remote / f"{name}.yaml").read_text()
         signatures: list[str] = yaml.safe_load(bag_yaml)["models"]
         files = tuple(
             _model_file(url_paths[sig].rsplit("/", 1)[-1], url_paths[sig]) for sig in signatures
@@ -278,7 +313,8 @@ def checkpoint_sources(path: Path) -> tuple[str, ...]:
 
     mmap leaves the tensors on disk, so this costs the pickle only, not the 80 MB of weights;
     the answer is remembered per file version, since every job submission lists the models.
-    The pickle is trusted in the same way loading the model trusts it."""
+    The pickle is trusted in the same way loading the model trusts it. torch is imported here,
+    only when a local (non-official) bag is listed: official models need no checkpoint read."""
     try:
         stat = path.stat()
     except OSError:
@@ -288,6 +324,8 @@ def checkpoint_sources(path: Path) -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=256)
 def _checkpoint_sources(path: Path, _mtime_ns: int, _size: int) -> tuple[str, ...]:
+    import torch
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -3,6 +3,9 @@
 ``demucs.pretrained.get_model`` falls back to the network (HuggingFace, then demucs' release
 host) and calls ``sys.exit`` through ``fatal()`` on some errors. We check everything it would
 look for is on disk first, always pass ``repo=``, and turn every failure into a typed error.
+
+demucs (and with it torch) is imported by :func:`load_model` only: the rest of this module, and
+whoever imports it to check or list models, starts without them.
 """
 
 from __future__ import annotations
@@ -11,9 +14,6 @@ import importlib.util
 import re
 from pathlib import Path
 from typing import Any
-
-from demucs.pretrained import get_model
-from demucs.repo import ModelLoadingError
 
 from stemify.errors import ModelLoadError, ModelNotFoundError
 from stemify.models.catalogue import local_signatures, official_catalogue, read_bag_signatures
@@ -82,6 +82,9 @@ def load_model(name: str, model_dir: Path) -> Any:
             f"({_DIFFQ_HINT})"
         )
     check_installed(name, model_dir)
+    from demucs.pretrained import get_model
+    from demucs.repo import ModelLoadingError
+
     try:
         return get_model(name, repo=model_dir)
     except ModelLoadingError as exc:
