@@ -91,7 +91,7 @@ def test_killed_worker_job_is_finished_by_another(
     first.signal(signal.SIGKILL)
     first.wait(10)
     second = cluster.start("worker", name="second")
-    done = wait_for(api, job["id"], timeout=120)
+    done = wait_for(api, job["id"], timeout=300)
     assert done["status"] == "succeeded", cluster.logs()
     assert done["attempts"] == 2
     assert second.popen.poll() is None
@@ -117,7 +117,7 @@ def test_sigterm_hands_the_job_back(
         assert "handed back" in first.output()
         assert api.get(f"/jobs/{job['id']}").json()["status"] == "queued"
         cluster.start("worker", name="second")
-        assert wait_for(api, job["id"], timeout=120)["status"] == "succeeded", cluster.logs()
+        assert wait_for(api, job["id"], timeout=300)["status"] == "succeeded", cluster.logs()
     finally:
         cluster.stop()
 

@@ -302,6 +302,6 @@ def test_sigterm_to_serve_hands_the_running_job_back(
         first.wait(60)
         assert "handed back" in first.output(), first.output()
         cluster.serve()
-        assert wait_for(api, job["id"], timeout=120)["status"] == "succeeded", cluster.logs()
+        assert wait_for(api, job["id"], timeout=300)["status"] == "succeeded", cluster.logs()
     finally:
         cluster.stop()
