@@ -296,7 +296,8 @@ def test_sigterm_to_serve_hands_the_running_job_back(
     try:
         first = cluster.serve()
         api = client(cluster.base)
-        job = submit(api, make_audio("long.wav", seconds=12.0), shifts="2")
+        # Long enough not to finish within the 1 s grace period (then it is handed back).
+        job = submit(api, make_audio("long.wav", seconds=20.0), shifts="4")
         wait_for(api, job["id"], lambda j: j["status"] == "running" and j["progress"] > 3)
         first.signal(signal.SIGTERM)
         first.wait(60)
