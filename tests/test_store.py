@@ -7,10 +7,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import bindparam, select
 
-from stemify.db.database import Database
+from stemify.db.database import Database, FastQuery
+from stemify.db.schema import JobRow
 from stemify.jobs.model import Job, JobSpec, JobStatus, Stage, StemFile
-from stemify.jobs.store import JobStore
+from stemify.jobs.store import JobStore, _to_job
 from stemify.keys.store import KeyStore, hash_key
 from stemify.queue.registry import WorkerRegistry
 
@@ -45,6 +47,29 @@ def test_round_trip(store: JobStore) -> None:
     assert again.spec == job.spec and again.created_at == T0 and again.owner is None
     assert again.status is JobStatus.QUEUED and again.input_name == "Song.mp3"
     assert store.get("nope") is None
+
+
+def test_the_fast_read_equals_the_orm_read(store: JobStore) -> None:
+    """get() bypasses the ORM (status polling); every type must decode as the ORM does."""
+    job = new_job(input_sha256="cd" * 32, input_duration_s=183.4, input_size=7_340_032)
+    store.add(job)
+    assert store.claim(job.id, "w1", T0, T0) is not None
+    stems = {"vocals": StemFile("vocals", f"jobs/{job.id}/stems/vocals.wav", 4096)}
+    assert store.succeed(
+        job.id, "w1", stems=stems, quality={"mixture_snr_db": 41.7}, now=T0,
+        stage_seconds={"separating": 95.3}, expires_at=T0 + timedelta(days=7),
+    )  # fmt: skip
+    with store.db.session() as session:
+        orm = _to_job(session.get(JobRow, job.id))
+    fast = store.get(job.id)
+    assert fast == orm and fast.stems == stems and fast.expires_at == T0 + timedelta(days=7)
+    assert fast.quality == {"mixture_snr_db": 41.7} and fast.progress == orm.progress
+
+
+def test_a_fast_query_refuses_parameters_that_need_conversion(db: Database) -> None:
+    by_time = select(JobRow.__table__.c.id).where(JobRow.__table__.c.created_at > bindparam("t"))
+    with pytest.raises(ValueError, match="'t' needs conversion"):
+        FastQuery(db.engine, by_time)
 
 
 def test_only_one_worker_claims(store: JobStore) -> None:

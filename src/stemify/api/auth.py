@@ -1,5 +1,9 @@
 """Request dependencies: the shared :class:`Services`, the calling API key with its limits,
-and the jobs that caller may see. Plain functions: FastAPI runs them in its thread pool."""
+and the jobs that caller may see.
+
+The dependencies are ``async``: FastAPI runs a plain ``def`` dependency in its thread pool, and
+a hop there costs more than everything else a status poll does. The one that may block (the
+key lookup and a rate limit kept in Redis) hops only when it has something to look up."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from stemify.api.errors import ApiError
 from stemify.api.quotas import READ, SUBMIT, check_rate
@@ -21,7 +26,7 @@ _bearer = HTTPBearer(auto_error=False)
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -41,7 +46,7 @@ class Caller:
         return self.admin or job.owner == self.key_id
 
 
-def credentials(
+async def credentials(
     api_key: Annotated[str | None, Depends(_api_key_header)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str | None:
@@ -49,14 +54,22 @@ def credentials(
 
 
 CredentialsDep = Annotated[str | None, Depends(credentials)]
+# With authentication off and no per-address limits: one local user who sees everything.
+_LOCAL_USER = Caller(None, admin=True)
 
 
 def authenticate(request: Request, services: Services, secret: str | None, bucket: str) -> Caller:
-    """The caller, counted against the rate of ``bucket`` (submissions or reads)."""
+    """The caller, counted against the rate of ``bucket`` (submissions or reads). Blocks."""
     caller = _identify(request, services, secret)
     if caller.identity is not None and caller.limits is not None:
         check_rate(request.app.state.rate_limiter, bucket, caller.identity, caller.limits)
     return caller
+
+
+async def _caller(request: Request, services: Services, secret: str | None, bucket: str) -> Caller:
+    if not request.app.state.auth_required and not services.settings.limit_anonymous:
+        return _LOCAL_USER  # nothing to look up or count
+    return await run_in_threadpool(authenticate, request, services, secret, bucket)
 
 
 def _identify(request: Request, services: Services, secret: str | None) -> Caller:
@@ -64,7 +77,7 @@ def _identify(request: Request, services: Services, secret: str | None) -> Calle
     if not request.app.state.auth_required:
         # One local user sees everything; limited per address only when asked to.
         if not settings.limit_anonymous:
-            return Caller(None, admin=True)
+            return _LOCAL_USER
         address = request.client.host if request.client else "unknown"
         return Caller(None, admin=True, identity=f"addr:{address}", limits=Limits.of(settings))
     if not secret:
@@ -80,14 +93,14 @@ def _identify(request: Request, services: Services, secret: str | None) -> Calle
     return Caller(key.id, key.admin, f"key:{key.id}", Limits.of(settings, key.limits))
 
 
-def get_caller(request: Request, services: ServicesDep, secret: CredentialsDep) -> Caller:
+async def get_caller(request: Request, services: ServicesDep, secret: CredentialsDep) -> Caller:
     """The caller of any route but submission; counts against the read rate."""
-    return authenticate(request, services, secret, READ)
+    return await _caller(request, services, secret, READ)
 
 
-def get_submitter(request: Request, services: ServicesDep, secret: CredentialsDep) -> Caller:
+async def get_submitter(request: Request, services: ServicesDep, secret: CredentialsDep) -> Caller:
     """The caller of a job submission; counts against the submission rate."""
-    return authenticate(request, services, secret, SUBMIT)
+    return await _caller(request, services, secret, SUBMIT)
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from stemify.db.database import Database
+from stemify.db.database import Database, FastQuery
 from stemify.db.schema import JobRow
 from stemify.jobs.model import Job, JobSpec, JobStatus, Stage, StemFile
 
@@ -48,8 +48,15 @@ def _row_values(job: Job) -> dict[str, Any]:
     return {name: _CONVERTERS.get(name, _SAME)[0](getattr(job, name)) for name in _FIELDS}
 
 
+_FROM_ROW = [(name, _CONVERTERS.get(name, _SAME)[1]) for name in _FIELDS]
+
+
+def _job_of(values: dict[str, Any]) -> Job:
+    return Job(**{name: convert(values[name]) for name, convert in _FROM_ROW})
+
+
 def _to_job(row: JobRow) -> Job:
-    return Job(**{name: _CONVERTERS.get(name, _SAME)[1](getattr(row, name)) for name in _FIELDS})
+    return _job_of({name: getattr(row, name) for name in _FIELDS})
 
 
 @dataclass(frozen=True)
@@ -73,9 +80,14 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise ValueError("invalid cursor") from exc
 
 
+_TABLE = JobRow.__table__
+_BY_ID = select(*(_TABLE.c[name] for name in _FIELDS)).where(_TABLE.c.id == bindparam("job_id"))
+
+
 class JobStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._by_id = FastQuery(db.engine, _BY_ID)  # status polling
 
     def _update(self, where: Any, **values: Any) -> bool:
         with self.db.session() as session:
@@ -103,9 +115,8 @@ class JobStore:
         return job, True
 
     def get(self, job_id: str) -> Job | None:
-        with self.db.session() as session:
-            row = session.get(JobRow, job_id)
-            return _to_job(row) if row else None
+        values = self._by_id.first(job_id=job_id)
+        return _job_of(values) if values else None
 
     def find_idempotent(self, owner: str | None, key: str) -> Job | None:
         with self.db.session() as session:
