@@ -18,7 +18,7 @@ from stemify.egress.urlguard import URLPolicy
 from stemify.errors import ConfigurationError
 from stemify.jobs.events import EventBus, LocalEventBus, RedisEventBus
 from stemify.jobs.lifecycle import JobLifecycle, Webhooks
-from stemify.jobs.signing import LinkSigner
+from stemify.jobs.links import DownloadLinks, build_links
 from stemify.jobs.store import JobStore
 from stemify.keys.store import KeyStore
 from stemify.keys.usage import UsageLedger
@@ -43,7 +43,7 @@ class Services:
     events: EventBus
     models: ModelCache
     metrics: Metrics
-    links: LinkSigner
+    links: DownloadLinks
     url_policy: URLPolicy
     jobs: JobLifecycle
 
@@ -105,11 +105,11 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
     db.migrate()
     metrics = metrics or Metrics()
     secret = load_secret(settings)
-    links = LinkSigner(secret, settings.signed_url_ttl_s)
     policy = URLPolicy(
         allowlist=tuple(settings.url_allowlist), allow_loopback=settings.allow_loopback_urls
     )
     storage = storage_from_url(settings.storage, s3_addressing_style=settings.s3_addressing_style)
+    links = build_links(settings, storage, secret)
     store, usage = JobStore(db), UsageLedger(db)
     result_ttl = timedelta(hours=settings.result_ttl_hours)
     webhooks = Webhooks(

@@ -47,6 +47,15 @@ class Settings(BaseSettings):
     # configuration (AWS_ENDPOINT_URL_S3, AWS_REGION, AWS_ACCESS_KEY_ID, ~/.aws/config, roles);
     # this is what boto3 has no variable for. auto: boto3's choice (or its config file's).
     s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    # With S3: the API's stem routes redirect to a presigned URL (redirect), or pass the bytes
+    # through for buckets that clients cannot reach (proxy; the job's links are then the API's).
+    # Local storage always serves the file.
+    download_mode: Literal["redirect", "proxy"] = "redirect"
+    # A CDN in front of the bucket: stem links are this base + the object's key. With a key
+    # pair id and its RSA private key (PEM) they are CloudFront-style signed links.
+    cdn_base_url: str | None = None
+    cdn_key_id: str | None = None
+    cdn_private_key_file: Path | None = None
     redis_prefix: str = "stemify"
     # A passwordless Redis on another machine is refused unless this says the network is trusted.
     allow_insecure_redis: bool = False

@@ -92,7 +92,9 @@ def add_key(keys: KeyStore, name: str, limits: KeyLimits | None = None, admin: b
     return secret
 
 
-def finished_job(live: Live, make_audio: MakeAudio, owner: str | None = None) -> Job:
+def finished_job(
+    live: Live, make_audio: MakeAudio, owner: str | None = None, input_name: str | None = None
+) -> Job:
     """A succeeded job with real wav stems, finished through the store's own worker path."""
     job_id = os.urandom(16).hex()
     stems: dict[str, StemFile] = {}
@@ -101,7 +103,10 @@ def finished_job(live: Live, make_audio: MakeAudio, owner: str | None = None) ->
         key = f"jobs/{job_id}/stems/{name}.wav"
         stems[name] = StemFile(name, key, live.services.storage.put_file(key, audio))
     now = now_utc()
-    job = Job(id=job_id, spec=JobSpec(model="tiny"), source="upload", created_at=now, owner=owner)
+    job = Job(
+        id=job_id, spec=JobSpec(model="tiny"), source="upload", created_at=now, owner=owner,
+        input_name=input_name,
+    )  # fmt: skip
     live.store.add(job)
     assert live.store.claim(job_id, "w1", now, now) is not None
     assert live.store.succeed(

@@ -44,6 +44,7 @@ def create_app(
 
     app = EdgeApp(
         services.settings,
+        lambda: services.links.origins,  # the page fetches stems from the bucket or CDN
         lifespan=lifespan,
         title="stemify",
         version=__version__,

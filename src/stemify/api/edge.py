@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 from fastapi import FastAPI
@@ -22,9 +23,15 @@ class EdgeApp(FastAPI):
     one runs outside ordinary middleware), and forwarded headers believed only from trusted
     proxies, before anything reads the client address or the scheme."""
 
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        download_origins: Callable[[], tuple[str, ...]] = tuple,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.edge_settings = settings
+        self.download_origins = download_origins
 
     def build_middleware_stack(self) -> ASGIApp:
         settings = self.edge_settings
@@ -32,6 +39,7 @@ class EdgeApp(FastAPI):
             super().build_middleware_stack(),
             docs_path=self.docs_url,
             hsts_max_age_s=settings.hsts_max_age_s,
+            download_origins=self.download_origins(),
         )
         if settings.trusted_proxies:
             # uvicorn types ASGI apps more narrowly than Starlette; both are plain ASGI.

@@ -8,16 +8,16 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from stemify.api.auth import CredentialsDep, ServicesDep, authenticate, visible_job
 from stemify.api.errors import ApiError
 from stemify.api.quotas import READ
 from stemify.clock import now_utc
+from stemify.jobs.links import attachment, base_name, extension, stem_file_name
 from stemify.jobs.model import Job, JobStatus
 from stemify.jobs.signing import target_of
 from stemify.services import Services
@@ -54,7 +54,7 @@ def _downloadable(
         raise ApiError(403, "forbidden", "a signed link needs both `expires` and `sig`")
     if not (expires.isascii() and expires.isdigit() and len(expires) <= 12):
         raise ApiError(403, "forbidden", "the link's expiry is not valid")
-    refusal = services.links.verify(job_id, target_of(stem), int(expires), sig, now_utc())
+    refusal = services.links.signer.verify(job_id, target_of(stem), int(expires), sig, now_utc())
     if refusal:
         raise ApiError(403, "forbidden", refusal)
     job = services.store.get(job_id)
@@ -78,27 +78,6 @@ def _succeeded(job: Job) -> Job:
             f"job is {job.status.value}; its stems can be downloaded once it has succeeded",
         )
     return job
-
-
-def _base_name(job: Job) -> str:
-    name = job.input_name or f"stemify-{job.id[:8]}"
-    stem, dot, _ = name.rpartition(".")
-    return stem if dot and stem else name
-
-
-def _attachment(file_name: str) -> str:
-    """Content-Disposition with an ASCII ``filename`` and, for other names, RFC 5987's
-    ``filename*`` in UTF-8."""
-    ascii_name = "".join(c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in file_name)
-    header = f'attachment; filename="{ascii_name}"'
-    if ascii_name != file_name:
-        header += f"; filename*=UTF-8''{quote(file_name, safe='')}"
-    return header
-
-
-def _extension(key: str, job: Job) -> str:
-    last = key.rsplit("/", 1)[-1]
-    return last.rsplit(".", 1)[-1].lower() if "." in last else job.spec.output_format
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -130,9 +109,16 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
 @router.get(
     "/jobs/{job_id}/stems/{stem}",
     summary="Download one stem (supports Range)",
-    description=_SIGNED_DOC,
+    description=_SIGNED_DOC
+    + " With S3 storage the answer is a 307 redirect to the object's presigned (or CDN) "
+    "link, where Range works too, unless STEMIFY_DOWNLOAD_MODE=proxy passes the bytes "
+    "through.",
     response_class=StreamingResponse,
-    responses={200: {"content": {"audio/wav": {}, "audio/flac": {}, "audio/mpeg": {}}}},
+    responses={
+        200: {"content": {"audio/wav": {}, "audio/flac": {}, "audio/mpeg": {}}},
+        206: {"description": "The requested range"},
+        307: {"description": "S3 storage: the stem's direct link, in `Location`"},
+    },
 )
 def download_stem(
     job_id: str,
@@ -148,10 +134,14 @@ def download_stem(
     if found is None:
         names = ", ".join(job.stems) or "none"
         raise ApiError(404, "not_found", f"job {job_id} has no stem {stem!r} (it has {names})")
-    size = services.storage.size(found.key)
-    extension = _extension(found.key, job)
-    media_type = _MEDIA_TYPES.get(extension, "application/octet-stream")
-    headers = {"Content-Disposition": _attachment(f"{_base_name(job)}-{stem}.{extension}")}
+    size = services.storage.size(found.key)  # a missing object: 404 here, in our shape
+    direct = services.links.direct_url(job, found, now_utc())
+    if direct is not None and services.settings.download_mode == "redirect":
+        # The same link as the job's (Range and all go to the object store); never cached,
+        # as it is a bearer token of its own.
+        return RedirectResponse(direct, status_code=307, headers={"Cache-Control": "no-store"})
+    media_type = _MEDIA_TYPES.get(extension(found.key, job), "application/octet-stream")
+    headers = {"Content-Disposition": attachment(stem_file_name(job, found))}
     span = byte_range(request.headers.get("range"), size)  # a 416 is refused here
     path = services.storage.local_path(found.key)
     if path is not None:
@@ -250,10 +240,10 @@ def download_zip(
     entries = []
     for stem in job.stems.values():
         size = services.storage.size(stem.key)  # missing → 404 now
-        entries.append((f"{stem.name}.{_extension(stem.key, job)}", stem.key, size))
+        entries.append((f"{stem.name}.{extension(stem.key, job)}", stem.key, size))
     stamp = job.finished_at or job.created_at
     return StreamingResponse(
         (chunk for chunk in _zip_stream(services.storage, entries, stamp) if chunk),
         media_type="application/zip",
-        headers={"Content-Disposition": _attachment(f"{_base_name(job)}-stems.zip")},
+        headers={"Content-Disposition": attachment(f"{base_name(job)}-stems.zip")},
     )

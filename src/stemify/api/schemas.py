@@ -4,9 +4,9 @@ fields are kept: the renderer, not these models, decides what a job carries."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Open(BaseModel):
@@ -45,6 +45,14 @@ class JobOut(_Open):
     params: dict[str, Any]
     input: JobInputOut
     stems: list[StemOut]
+    link: Literal["api", "s3", "cdn"] = Field(
+        description=(
+            "What the stems' `url`s are: `api`, this API's signed links; `s3`, presigned GETs "
+            "of the objects (with the file name as Content-Disposition); `cdn`, links through "
+            "the CDN (public or signed). All expire as the `api` ones do; `zip_url` is always "
+            "this API's (the zip is streamed from the objects)."
+        )
+    )
     zip_url: str | None
     quality: dict[str, Any] | None
     stage_seconds: dict[str, float]

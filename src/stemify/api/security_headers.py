@@ -13,11 +13,19 @@ import re
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "media-src 'self' blob:; connect-src 'self'; font-src 'self'; object-src 'none'; "
-    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
+
+def page_csp(download_origins: tuple[str, ...] = ()) -> str:
+    """The policy of everything but /docs; ``download_origins``: where the stems' direct links
+    point (the bucket or the CDN), which the page fetches for its player."""
+    extra = "".join(f" {origin}" for origin in download_origins)
+    return (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+        f"media-src 'self' blob:{extra}; connect-src 'self'{extra}; font-src 'self'; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+
+
+CSP = page_csp()
 HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -53,8 +61,16 @@ class SecurityHeadersMiddleware:
     """Pure ASGI (streams pass straight through); HSTS only when the request came over https,
     as seen by the server or told by a trusted proxy (see ProxyHeadersMiddleware)."""
 
-    def __init__(self, app: ASGIApp, *, docs_path: str | None, hsts_max_age_s: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        docs_path: str | None,
+        hsts_max_age_s: int,
+        download_origins: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
+        self.csp = page_csp(download_origins)
         self.docs_path = docs_path
         self.hsts = f"max-age={hsts_max_age_s}" if hsts_max_age_s > 0 else ""
 
@@ -68,7 +84,7 @@ class SecurityHeadersMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                self._add(scope, MutableHeaders(scope=message), CSP)
+                self._add(scope, MutableHeaders(scope=message), self.csp)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -19,9 +19,9 @@ from stemify.egress.webhooks import deliver_guarded
 from stemify.errors import StemifyError
 from stemify.jobs.events import EventBus
 from stemify.jobs.layout import stem_key, stems_prefix
+from stemify.jobs.links import DownloadLinks
 from stemify.jobs.model import Job, JobStatus, StemFile
 from stemify.jobs.render import job_to_dict
-from stemify.jobs.signing import LinkSigner
 from stemify.jobs.store import JobStore
 from stemify.keys.usage import UsageLedger
 from stemify.observability.logging import bound
@@ -41,7 +41,7 @@ class Webhooks:
 
     secret: bytes
     policy: URLPolicy
-    links: LinkSigner
+    links: DownloadLinks
     base_url: str  # absolute API root for the links, e.g. https://stems.example.com/api/v1
     attempts: int
     metrics: Metrics

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from stemify.jobs.model import Job
-from stemify.jobs.signing import LinkSigner, target_of
+from stemify.jobs.links import DownloadLinks
+from stemify.jobs.model import Job, StemFile
 
 
 def _time(value: datetime | None) -> str | None:
@@ -17,25 +17,24 @@ def _time(value: datetime | None) -> str | None:
 def job_to_dict(
     job: Job,
     base_url: str = "/api/v1",
-    links: LinkSigner | None = None,
+    links: DownloadLinks | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """``base_url`` prefixes download links (absolute in webhooks, relative in the API); with
-    ``links`` they are signed and expire, so they work without an API key."""
+    """``base_url`` prefixes the API's download links (absolute in webhooks, relative in the
+    API); with ``links`` they are signed and expire, so they work without an API key, and the
+    stems' may point straight at the objects (``link`` says which kind they are)."""
+    moment = now or datetime.now(UTC)
 
-    def link(path: str, target: str) -> str:
+    def api_link(path: str, stem: str | None) -> str:
         url = f"{base_url}/jobs/{job.id}/{path}"
-        if links is None:
-            return url
-        expires = links.expiry(now or datetime.now(UTC), job.expires_at)
-        return f"{url}?{links.query(job.id, target, expires)}"
+        return url if links is None else f"{url}?{links.api_query(job, stem, moment)}"
+
+    def stem_link(stem: StemFile) -> str:
+        direct = links.direct_url(job, stem, moment) if links is not None else None
+        return direct or api_link(f"stems/{quote(stem.name, safe='')}", stem.name)
 
     stems = [
-        {
-            "name": stem.name,
-            "size": stem.size,
-            "url": link(f"stems/{quote(stem.name, safe='')}", target_of(stem.name)),
-        }
+        {"name": stem.name, "size": stem.size, "url": stem_link(stem)}
         for stem in job.stems.values()
     ]
     return {
@@ -59,7 +58,8 @@ def job_to_dict(
             "format": job.input_format,
         },
         "stems": stems,
-        "zip_url": link("stems.zip", target_of(None)) if stems else None,
+        "link": links.kind if links is not None else "api",
+        "zip_url": api_link("stems.zip", None) if stems else None,
         "quality": job.quality,
         "stage_seconds": {k: round(v, 3) for k, v in job.stage_seconds.items()},
         "cache_hit": job.cache_hit,

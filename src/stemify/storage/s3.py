@@ -430,7 +430,8 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 
 def _client(session: Any, addressing_style: str, url: str) -> Any:
     # More than botocore's 10: every download being served holds a connection.
-    options: dict[str, Any] = {"max_pool_connections": 32}
+    # SigV4 for presigned links too (botocore may presign with SigV2, which S3 dropped).
+    options: dict[str, Any] = {"max_pool_connections": 32, "signature_version": "s3v4"}
     if addressing_style != "auto":  # auto: whatever boto3's own configuration says
         options["s3"] = {"addressing_style": addressing_style}
     try:

@@ -67,9 +67,26 @@ export const cancelJob = (id) =>
 export const deleteJob = (id) => request(`jobs/${encodeURIComponent(id)}`, { method: "DELETE" });
 
 // Stem bytes for the player. The URL comes from the job as given (it may be signed); the key
-// goes along when there is one.
+// goes along when there is one, but only to this server: a stem link into the bucket or a CDN
+// is signed itself, and the key must never leave for another origin (nor would the bucket's
+// CORS rule allow the header).
 export async function fetchBytes(url) {
-  return (await request(url)).arrayBuffer();
+  const target = new URL(url, location.href);
+  if (target.origin === location.origin) return (await request(url)).arrayBuffer();
+  let response;
+  try {
+    response = await fetch(target.href, { credentials: "omit" });
+  } catch {
+    throw new ApiError(
+      0,
+      "network",
+      `the stems at ${target.origin} cannot be fetched (is the bucket's CORS rule set for this page?)`,
+    );
+  }
+  if (!response.ok) {
+    throw new ApiError(response.status, "http_error", `${target.origin} answered ${response.status}`);
+  }
+  return response.arrayBuffer();
 }
 
 // XMLHttpRequest, not fetch: only it reports upload progress, which a 500 MB file needs.
