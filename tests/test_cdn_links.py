@@ -19,6 +19,7 @@ from support.cdn_edge import Edge, cdn_edge, refusal
 from support.live import Live, add_key, finished_job, live_app, settings_for
 
 from stemify.errors import ConfigurationError
+from stemify.jobs.model import Job
 from stemify.storage.cdn import CdnLinks, load_private_key
 from stemify.storage.s3_presign import MAX_LIFETIME_S
 
@@ -90,6 +91,18 @@ def stem_links(live: Live, key: str, job_id: str) -> tuple[str, dict[str, str]]:
     return body["link"], {s["name"]: s["url"] for s in body["stems"]}
 
 
+def cdn_job(
+    cdn_live: Callable[..., tuple[Live, Edge]], make_audio: MakeAudio, *, signed: bool
+) -> tuple[Live, Edge, str, Job, dict[str, str]]:
+    """A finished job of "owner" on the CDN set-up; its stem links, which must be CDN ones."""
+    live, edge = cdn_live(signed=signed)
+    owner = add_key(live.keys, "owner")
+    job = finished_job(live, make_audio, "owner")
+    kind, links = stem_links(live, owner, job.id)
+    assert kind == "cdn"
+    return live, edge, owner, job, links
+
+
 def stored(s3: Any, key: str) -> bytes:
     data: bytes = s3.client.get_object(Bucket=s3.name, Key=f"{PREFIX}/{key}")["Body"].read()
     return data
@@ -99,11 +112,7 @@ def stored(s3: Any, key: str) -> bytes:
 def test_public_cdn_links_are_the_base_and_the_object_key(
     cdn_live: Callable[..., tuple[Live, Edge]], s3: Any, make_audio: MakeAudio
 ) -> None:
-    live, edge = cdn_live(signed=False)
-    owner = add_key(live.keys, "owner")
-    job = finished_job(live, make_audio, "owner")
-    kind, links = stem_links(live, owner, job.id)
-    assert kind == "cdn"
+    live, edge, owner, job, links = cdn_job(cdn_live, make_audio, signed=False)
     for name, url in links.items():
         assert url == f"{edge.base_url}/{PREFIX}/jobs/{job.id}/stems/{name}.wav"
         response = httpx.get(url)
@@ -120,11 +129,7 @@ def test_signed_cdn_links_verify_with_the_public_key_and_expire(
     make_audio: MakeAudio,
     rsa_key: rsa.RSAPrivateKey,
 ) -> None:
-    live, edge = cdn_live(signed=True)
-    owner = add_key(live.keys, "owner")
-    job = finished_job(live, make_audio, "owner")
-    kind, links = stem_links(live, owner, job.id)
-    assert kind == "cdn"
+    live, edge, owner, job, links = cdn_job(cdn_live, make_audio, signed=True)
     url = links["vocals"]
     signed = query(url)
     assert set(signed) == {"Expires", "Signature", "Key-Pair-Id"}
