@@ -53,6 +53,7 @@ bench: setup
 	$(PY) bench/bench_service.py
 	$(PY) bench/bench_cli_startup.py
 	$(PY) bench/bench_edge.py --health
+	$(PY) bench/bench_links.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

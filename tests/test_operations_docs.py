@@ -105,6 +105,7 @@ def test_troubleshooting_entries_say_symptom_confirm_fix() -> None:
     assert titles == [
         "Models missing", "Redis unreachable", "PostgreSQL unreachable", "ffmpeg missing",
         "Disk full", "A stuck queue", "Out of memory",
+        "Stem links from S3 refused (403), or the player cannot load them",
     ]  # fmt: skip
     for entry in entries:
         for part in ("**Symptom.**", "**Confirm.**", "**Fix.**"):
