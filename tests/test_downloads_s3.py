@@ -170,6 +170,10 @@ def test_stem_route_redirects_to_the_presigned_link_after_the_usual_checks(
         assert followed.content == object_bytes(s3, job, "drums")[:10]
         assert followed.url.host == urlsplit(s3.server.endpoint).hostname  # served by S3
         error_of(api.get(f"/jobs/{job.id}/stems/bass"), 404, "not_found")
+        # The page may fetch from the bucket (its player), and from nowhere else.
+        csp = api.get("/health").headers["content-security-policy"]
+        assert f"connect-src 'self' {s3.server.endpoint};" in csp
+        assert f"media-src 'self' blob: {s3.server.endpoint};" in csp
     # Auth and ownership are checked before any redirect.
     with live.client() as anonymous:
         error_of(anonymous.get(f"/jobs/{job.id}/stems/vocals"), 401, "unauthorized")
@@ -193,6 +197,8 @@ def test_proxy_mode_passes_the_bytes_through(
     assert body["link"] == "api"  # clients cannot reach the bucket: the API's links
     url = {s["name"]: s["url"] for s in body["stems"]}["vocals"]
     assert url.startswith(f"/api/v1/jobs/{job.id}/stems/vocals?expires=")
+    with live.client(owner) as api:  # nothing to fetch from the bucket: the CSP stays closed
+        assert "connect-src 'self';" in api.get("/health").headers["content-security-policy"]
     whole = object_bytes(s3, job, "vocals")
     with httpx.Client(base_url=live.root, timeout=20) as browser:
         response = browser.get(url)
