@@ -6,10 +6,12 @@ streamed from the objects."""
 from __future__ import annotations
 
 import io
+import json
 import time
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 from support.live import Live, add_key, error_of, finished_job, live_app, settings_for
+from support.processes import Receiver
 
 from stemify.jobs.model import Job
 from stemify.jobs.signing import LinkSigner
@@ -248,3 +251,25 @@ def test_a_missing_object_is_a_404_in_the_one_error_shape(
         error_of(api.get(f"/jobs/{job.id}/stems.zip"), 404, "not_found")
         # The other stem is still there.
         assert api.get(f"/jobs/{job.id}/stems/drums", follow_redirects=True).status_code == 200
+
+
+def test_webhook_carries_presigned_stem_links(
+    make_live: Callable[..., Live], s3: Any, make_audio: MakeAudio
+) -> None:
+    receiver = Receiver()
+    try:
+        live = make_live(public_url="http://placeholder", allow_loopback_urls=True)
+        job = finished_job(live, make_audio)
+        job.webhook_url = receiver.url
+        webhooks = replace(live.services.jobs.webhooks, base_url=f"{live.root}/api/v1")
+        webhooks.send(job)
+        payload = json.loads(receiver.bodies[0][0])
+        assert payload["link"] == "s3"
+        for stem in payload["stems"]:
+            assert stem["url"].startswith(f"{s3.server.endpoint}/{s3.name}/{PREFIX}/jobs/")
+            response = httpx.get(stem["url"])  # the receiver needs no key
+            assert response.content == object_bytes(s3, job, stem["name"])
+        assert payload["zip_url"].startswith(f"{live.root}/api/v1/jobs/{job.id}/stems.zip?")
+        assert httpx.get(payload["zip_url"]).status_code == 200
+    finally:
+        receiver.close()
