@@ -98,6 +98,15 @@ def _transport(settings: Settings) -> tuple[JobQueue, EventBus]:
     return queue, RedisEventBus(redis.Redis.from_url(url), prefix=settings.redis_prefix)
 
 
+def build_storage(settings: Settings) -> Storage:
+    return storage_from_url(
+        settings.storage,
+        s3_addressing_style=settings.s3_addressing_style,
+        s3_connect_timeout_s=settings.s3_connect_timeout_s,
+        s3_read_timeout_s=settings.s3_read_timeout_s,
+    )
+
+
 def build_services(settings: Settings, metrics: Metrics | None = None) -> Services:
     queue, events = _transport(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -108,7 +117,7 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
     policy = URLPolicy(
         allowlist=tuple(settings.url_allowlist), allow_loopback=settings.allow_loopback_urls
     )
-    storage = storage_from_url(settings.storage, s3_addressing_style=settings.s3_addressing_style)
+    storage = build_storage(settings)
     links = build_links(settings, storage, secret)
     store, usage = JobStore(db), UsageLedger(db)
     result_ttl = timedelta(hours=settings.result_ttl_hours)

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     cdn_base_url: str | None = None
     cdn_key_id: str | None = None
     cdn_private_key_file: Path | None = None
+    # botocore waits 60 s for a connection: an S3 outage would hang uploads and /ready that
+    # long per attempt. Retries are boto3's (AWS_MAX_ATTEMPTS, AWS_RETRY_MODE; standard: 3).
+    s3_connect_timeout_s: float = Field(default=5.0, gt=0)
+    s3_read_timeout_s: float = Field(default=60.0, gt=0)
     redis_prefix: str = "stemify"
     # A passwordless Redis on another machine is refused unless this says the network is trusted.
     allow_insecure_redis: bool = False

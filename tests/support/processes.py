@@ -100,8 +100,9 @@ class Cluster:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
 
-    def start(self, *args: str, name: str) -> Process:
-        process = Process([STEMIFY, *args], self.env, self.tmp / f"{name}.log")
+    def start(self, *args: str, name: str, env: dict[str, str] | None = None) -> Process:
+        """``env``: this process's own settings over the cluster's (another data dir)."""
+        process = Process([STEMIFY, *args], {**self.env, **(env or {})}, self.tmp / f"{name}.log")
         self.processes.append(process)
         return process
 

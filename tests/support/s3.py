@@ -138,7 +138,7 @@ def _free_ports(count: int) -> list[int]:
 
 
 @contextmanager
-def seaweedfs(directory: Path, *, timeout: float = 60.0) -> Iterator[S3Server]:
+def seaweedfs(directory: Path, *, timeout: float = 60.0) -> Iterator[Weed]:
     """`weed mini` in ``directory`` on 127.0.0.1 only, until S3 answers; yields its endpoint and
     credentials; the whole process group is killed at the end."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -201,31 +201,62 @@ def seaweedfs(directory: Path, *, timeout: float = 60.0) -> Iterator[S3Server]:
         "AWS_ACCESS_KEY_ID": access_key,
         "AWS_SECRET_ACCESS_KEY": secret_key,
     }
-    log = directory / "weed.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            args,
-            cwd=directory,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group, killed whole at the end
-            preexec_fn=_die_with_parent,  # and with pytest, should pytest be killed itself
-        )
     server = S3Server(
         endpoint=f"http://127.0.0.1:{s3}",
         access_key=access_key,
         secret_key=secret_key,
         reader_access_key=READER_KEY,
         reader_secret_key=reader_secret,
-        log=log,
+        log=directory / "weed.log",
     )
+    weed = Weed(server, args, env, directory, timeout)
     try:
-        _wait_until_ready(server, process, timeout)
-        yield server
+        weed.start()
+        yield weed
     finally:
-        _kill_group(process)
+        weed.stop()
+
+
+class Weed(S3Server):
+    """The running `weed mini` of :func:`seaweedfs`: its endpoint and credentials, and the
+    faults the tests make: :meth:`stop` kills it (connections refused), :meth:`start` brings
+    it back on the same ports and data, :meth:`pause`/:meth:`resume` freeze it (connections
+    accepted by the kernel, never answered: a hung endpoint)."""
+
+    def __init__(
+        self, server: S3Server, args: list[str], env: dict[str, str], cwd: Path, timeout: float
+    ) -> None:
+        super().__init__(**{f: getattr(server, f) for f in S3Server.__dataclass_fields__})
+        object.__setattr__(self, "_run", (args, env, cwd, timeout))
+        object.__setattr__(self, "process", None)
+
+    def start(self) -> None:
+        args, env, cwd, timeout = self._run  # type: ignore[attr-defined]
+        with self.log.open("ab") as out:
+            process = subprocess.Popen(
+                args,
+                cwd=cwd,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group, killed whole at the end
+                preexec_fn=_die_with_parent,  # and with pytest, should pytest be killed itself
+            )
+        object.__setattr__(self, "process", process)
+        _wait_until_ready(self, process, timeout)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.resume()
+            _kill_group(self.process)
+
+    def pause(self) -> None:
+        os.killpg(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGCONT)
 
 
 def _die_with_parent() -> None:

@@ -38,6 +38,10 @@ _STATUS: dict[type[StemifyError], int] = {
     StorageError: 503,
 }
 
+# An S3 outage or a full disk is not over in a second; clients that honour Retry-After
+# should not hammer it either.
+STORAGE_RETRY_AFTER_S = 30
+
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -95,7 +99,12 @@ async def _stemify_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, StorageError):
         # Its message names paths and OS errors: for the log, not for the caller.
         log.error("storage error on %s %s: %s", request.method, request.url.path, exc.message)
-        return error_response(status, exc.code, "storage is unavailable; try again later")
+        return error_response(
+            status,
+            exc.code,
+            "storage unavailable: job files cannot be stored or read right now; try again later",
+            {"Retry-After": str(STORAGE_RETRY_AFTER_S)},
+        )
     if status >= 500:
         log.error("%s on %s %s: %s", exc.code, request.method, request.url.path, exc.message)
     return error_response(status, exc.code, exc.message)

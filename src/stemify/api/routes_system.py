@@ -53,18 +53,6 @@ async def health(services: ServicesDep) -> dict[str, Any]:
     return {"status": "ok", "queue": queue, "queue_status": queue, "workers": workers}
 
 
-def _gigabytes(size: int) -> str:
-    return f"{size / 1e9:.1f} GB"
-
-
-def _storage_detail(services: Services) -> str:
-    usage = services.storage.usage()
-    if usage is None:
-        return "reachable (free space unknown)"
-    free, total = usage
-    return f"{_gigabytes(free)} free of {_gigabytes(total)}"
-
-
 def _models_detail(services: Services) -> str:
     installed = [m.name for m in list_models(services.settings.model_dir) if m.installed]
     if not installed:
@@ -149,7 +137,7 @@ async def ready(services: ServicesDep) -> JSONResponse:
     checks = {
         "store": await _check("store", _ping(services.db.ping)),
         "queue": await _check("queue", _ping(services.queue.ping)),
-        "storage": await _check("storage", lambda: _storage_detail(services)),
+        "storage": await _check("storage", services.storage.health),
         "models": await _check("models", lambda: _models_detail(services)),
     }
     queue: dict[str, Any] | None = None

@@ -15,6 +15,7 @@ from stemify.cli.keys import keys
 from stemify.cli.models import models
 from stemify.cli.separate import separate
 from stemify.cli.serve import serve, worker
+from stemify.cli.storage import storage
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,7 +27,7 @@ def cli() -> None:
 cli.add_command(separate)
 cli.add_command(models)
 cli.add_command(evaluate)
-for command in (serve, worker, jobs, keys, config):
+for command in (serve, worker, jobs, keys, storage, config):
     cli.add_command(command)
 
 

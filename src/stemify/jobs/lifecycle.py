@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import PurePosixPath
@@ -16,7 +17,7 @@ from pathlib import PurePosixPath
 from stemify.clock import now_utc
 from stemify.egress.urlguard import URLPolicy
 from stemify.egress.webhooks import deliver_guarded
-from stemify.errors import StemifyError
+from stemify.errors import StemifyError, StorageError
 from stemify.jobs.events import EventBus
 from stemify.jobs.layout import stem_key, stems_prefix
 from stemify.jobs.links import DownloadLinks
@@ -106,10 +107,14 @@ class JobLifecycle:
         try:
             for name, stem in source.stems.items():
                 key = stem_key(job.id, PurePosixPath(stem.key).name)
+                # Server-side (S3 CopyObject, a hard link on disk): no byte comes through here.
                 stems[name] = StemFile(name, key, self.storage.copy(stem.key, key))
-        except StemifyError:
-            # The earlier job expired under us: separate for real.
-            self.storage.delete_prefix(stems_prefix(job.id))
+        except StemifyError as exc:
+            # The earlier job expired under us, or the storage failed: separate for real (a
+            # worker that cannot reach the storage either fails the job with storage_error).
+            log.info("job %s: no dedup copy (%s); separating", job.id, exc.message)
+            with suppress(StorageError):  # what is left is the sweeper's
+                self.storage.delete_prefix(stems_prefix(job.id))
             return None
         finished = self.store.succeed(
             job.id,

@@ -376,11 +376,21 @@ class JobStore:
         with self.db.session() as session:
             return list(session.scalars(query))
 
-    def expired_jobs(self, now: datetime) -> list[Job]:
+    def expired_jobs(self, now: datetime, ended_before: datetime | None = None) -> list[Job]:
+        """Finished jobs past their expiry; with ``ended_before``, also failed and canceled
+        jobs (which have no expiry) that ended before it: their input, and any stems a
+        failed cleanup left, are kept no longer than a result."""
+        past = JobRow.expires_at < now
+        if ended_before is not None:
+            unfinished = JobRow.status.in_([JobStatus.FAILED.value, JobStatus.CANCELED.value])
+            past = or_(
+                past,
+                and_(JobRow.expires_at.is_(None), unfinished, JobRow.finished_at < ended_before),
+            )
         with self.db.session() as session:
             rows = session.scalars(
                 select(JobRow).where(
-                    JobRow.expires_at < now,
+                    past,
                     JobRow.status.notin_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]),
                     JobRow.status != JobStatus.EXPIRED.value,
                 )

@@ -25,10 +25,16 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def storage_from_url(url: str, *, s3_addressing_style: str = "auto") -> Storage:
+def storage_from_url(
+    url: str,
+    *,
+    s3_addressing_style: str = "auto",
+    s3_connect_timeout_s: float = 5.0,
+    s3_read_timeout_s: float = 60.0,
+) -> Storage:
     """``file:///abs/path`` or a plain filesystem path → :class:`LocalStorage`;
     ``s3://BUCKET/PREFIX`` → :class:`S3Storage` (endpoint, region and credentials from
-    boto3's own configuration; ``s3_addressing_style`` is ``STEMIFY_S3_ADDRESSING_STYLE``)."""
+    boto3's own configuration; the ``s3_*`` arguments are the ``STEMIFY_S3_*`` settings)."""
     if not url or not url.strip():
         raise ValueError(
             "storage URL is empty: use file:///absolute/path, a plain path or s3://BUCKET/PREFIX"
@@ -41,7 +47,13 @@ def storage_from_url(url: str, *, s3_addressing_style: str = "auto") -> Storage:
         from stemify.storage.s3 import S3Storage, parse_s3_url
 
         bucket, prefix = parse_s3_url(url)
-        return S3Storage(bucket, prefix, addressing_style=s3_addressing_style)
+        return S3Storage(
+            bucket,
+            prefix,
+            addressing_style=s3_addressing_style,
+            connect_timeout_s=s3_connect_timeout_s,
+            read_timeout_s=s3_read_timeout_s,
+        )
     if parts.scheme.lower() != "file":
         raise ValueError(
             f"unsupported storage URL scheme {parts.scheme!r}: use file:///absolute/path, "

@@ -55,6 +55,11 @@ class Storage(Protocol):
         """``(free_bytes, total_bytes)`` of the backing volume, or None when unknown."""
         ...
 
+    def health(self) -> str:
+        """One line for /ready once the backend answered (free space, a reachable bucket);
+        raises StorageError when it does not."""
+        ...
+
     def cleanup_temp(self, older_than_s: float) -> int:
         """Remove what writes abandoned by a crashed process left behind (untouched for
         ``older_than_s``); returns how many."""

@@ -168,6 +168,15 @@ class LocalStorage:
             return None
         return du.free, du.total
 
+    def health(self) -> str:
+        if not self.temp_dir.is_dir():
+            raise StorageError(f"the storage directory {self.root} is missing")
+        usage = self.usage()
+        if usage is None:
+            return "reachable (free space unknown)"
+        free, total = usage
+        return f"{free / 1e9:.1f} GB free of {total / 1e9:.1f} GB"
+
     def cleanup_temp(self, older_than_s: float, *, now: float | None = None) -> int:
         """Remove temp files of writes abandoned by a crashed process; returns how many.
 

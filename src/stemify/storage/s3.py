@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import re
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -34,7 +33,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from stemify.errors import NotFoundError, StorageError
-from stemify.storage.base import RESERVED_SEGMENT, check_key, check_prefix
+from stemify.storage.base import check_key, check_prefix
 from stemify.storage.s3_errors import describe, error_code, http_status, is_missing
 from stemify.storage.s3_streams import (
     CloseWhenDone,
@@ -51,6 +50,10 @@ MiB = 1 << 20
 # S3's smallest part (but the last) is 5 MiB; 8 MiB is boto3's own default.
 DEFAULT_PART_SIZE = 8 * MiB
 MIN_PART_SIZE = 5 * MiB
+# An endpoint that does not accept a connection within seconds is down; a read may wait
+# longer (a large CopyObject answers only when done).
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_READ_TIMEOUT_S = 60.0
 # Copies up to 1 GiB are one CopyObject (S3 takes up to 5 GiB in one); larger ones are
 # UploadPartCopy in 256 MiB parts, four at once. Either way the server copies.
 _COPY_THRESHOLD = 1 << 30
@@ -73,6 +76,8 @@ class S3Storage:
         part_size: int = DEFAULT_PART_SIZE,
         session: Any = None,
         client: Any = None,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
     ) -> None:
         """``session``: a ``boto3.session.Session`` to make the client from (default: a new
         one, i.e. boto3's configuration as the environment and config files say);
@@ -97,7 +102,9 @@ class S3Storage:
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
         self.part_size = part_size
         self.client: Any = (
-            client if client is not None else _client(session, addressing_style, self.url)
+            client
+            if client is not None
+            else _client(session, addressing_style, self.url, connect_timeout_s, read_timeout_s)
         )
         # Streams: one part uploading while the next fills (the memory bound of writer()).
         self._stream_config = TransferConfig(
@@ -309,48 +316,20 @@ class S3Storage:
 
     def check(self) -> None:
         """Verify at deploy time that the bucket is there and the credentials may do what
-        stemify does: read, write, list, delete objects and manage multipart uploads under
-        the prefix. Raises StorageError naming the step that failed."""
+        stemify does (:func:`stemify.storage.s3_check.s3_checks`); raises StorageError naming
+        the first step that failed."""
+        from stemify.storage.s3_check import s3_checks
+
+        for result in s3_checks(self):
+            if not result.ok:
+                raise StorageError(result.detail)
+
+    def health(self) -> str:
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except (BotoCoreError, ClientError) as e:
             raise StorageError(f"cannot access bucket s3://{self.bucket}: {describe(e)}") from None
-        probe = f"{self.prefix}{RESERVED_SEGMENT}/check-{uuid.uuid4().hex}"
-        payload = b"stemify storage check " + uuid.uuid4().hex.encode()
-
-        def step(what: str, call: Any, **kwargs: Any) -> Any:
-            try:
-                return call(Bucket=self.bucket, **kwargs)
-            except (BotoCoreError, ClientError) as e:
-                raise StorageError(f"cannot {what} {self.url}: {describe(e)}") from None
-
-        step("write to", self.client.put_object, Key=probe, Body=payload)
-        try:
-            answer = step("read from", self.client.get_object, Key=probe)
-            try:
-                data = answer["Body"].read()
-            except BotoCoreError as e:
-                raise StorageError(f"cannot read from {self.url}: {describe(e)}") from None
-            if data != payload:
-                raise StorageError(f"{self.url} returned other bytes than were written")
-            listed = step("list", self.client.list_objects_v2, Prefix=probe)
-            if not any(item["Key"] == probe for item in listed.get("Contents", ())):
-                raise StorageError(f"cannot list {self.url}: a written object is not listed")
-        except BaseException:
-            with suppress(BotoCoreError, ClientError):  # best effort: the probe goes
-                self.client.delete_object(Bucket=self.bucket, Key=probe)
-            raise
-        step("delete from", self.client.delete_object, Key=probe)
-        upload = step("start a multipart upload in", self.client.create_multipart_upload, Key=probe)
-        try:
-            step("list multipart uploads in", self.client.list_multipart_uploads, Prefix=probe)
-        finally:
-            step(
-                "abort a multipart upload in",
-                self.client.abort_multipart_upload,
-                Key=probe,
-                UploadId=upload["UploadId"],
-            )
+        return f"bucket s3://{self.bucket} reachable"
 
     # ---- helpers
 
@@ -428,10 +407,19 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-def _client(session: Any, addressing_style: str, url: str) -> Any:
-    # More than botocore's 10: every download being served holds a connection.
+def _client(
+    session: Any, addressing_style: str, url: str, connect_timeout_s: float, read_timeout_s: float
+) -> Any:
+    # More than botocore's 10: every download being served holds a connection. Timeouts
+    # shorter than botocore's 60 s, so an unreachable endpoint fails a request in seconds;
+    # retries are boto3's own (standard mode: 3 attempts; AWS_MAX_ATTEMPTS, AWS_RETRY_MODE).
     # SigV4 for presigned links too (botocore may presign with SigV2, which S3 dropped).
-    options: dict[str, Any] = {"max_pool_connections": 32, "signature_version": "s3v4"}
+    options: dict[str, Any] = {
+        "max_pool_connections": 32,
+        "signature_version": "s3v4",
+        "connect_timeout": connect_timeout_s,
+        "read_timeout": read_timeout_s,
+    }
     if addressing_style != "auto":  # auto: whatever boto3's own configuration says
         options["s3"] = {"addressing_style": addressing_style}
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
+from stemify.errors import StorageError
 from stemify.jobs.layout import job_prefix
 from stemify.jobs.model import JobStatus
 from stemify.services import Services
@@ -37,11 +38,13 @@ def reconcile(services: Services, now: datetime, *, at_start: bool = False) -> l
 
 
 def sweep(services: Services, now: datetime) -> list[str]:
-    """Delete the files of jobs past their expiry and mark them expired."""
+    """Delete the objects of jobs past their expiry (failed and canceled ones too, a result
+    TTL after they ended) and mark them expired. A job whose objects cannot be deleted now
+    (storage down) stays as it is, for the next sweep."""
     swept = []
-    for job in services.store.expired_jobs(now):
-        services.storage.delete_prefix(job_prefix(job.id))
-        if services.store.mark_expired(job.id):
+    ended_before = now - timedelta(hours=services.settings.result_ttl_hours)
+    for job in services.store.expired_jobs(now, ended_before=ended_before):
+        if not _delete_objects(services, job.id) and services.store.mark_expired(job.id):
             swept.append(job.id)
     if swept:
         log.info("sweeper expired %d jobs", len(swept))
@@ -62,6 +65,16 @@ def cleanup(
     """Delete finished jobs (rows and files) of the given statuses, finished before a cutoff."""
     removed = 0
     for job_id in services.store.finished_ids(statuses, now - older_than):
-        services.storage.delete_prefix(job_prefix(job_id))
-        removed += services.store.delete(job_id)
+        if not _delete_objects(services, job_id):
+            removed += services.store.delete(job_id)
     return removed
+
+
+def _delete_objects(services: Services, job_id: str) -> str | None:
+    """Delete every object of the job; the storage's error, if that failed, else None."""
+    try:
+        services.storage.delete_prefix(job_prefix(job_id))
+    except StorageError as exc:
+        log.warning("cannot delete the objects of job %s (tried again later): %s", job_id, exc)
+        return exc.message
+    return None

@@ -31,6 +31,7 @@ from stemify.errors import (
     InvalidAudioError,
     InvalidOptionError,
     StemifyError,
+    StorageError,
 )
 from stemify.formatting import check_duration, format_duration
 from stemify.jobs.layout import input_key, job_prefix, stem_key, stems_prefix
@@ -129,14 +130,22 @@ class JobRunner:
         back or taken over is closed out by whoever ends it)."""
         final = self.services.store.get(job_id)
         if final is None:  # deleted while running: leave no orphan files behind
-            self.services.storage.delete_prefix(job_prefix(job_id))
+            self._remove(job_prefix(job_id))
             return
         if final.status.finished and final.status != JobStatus.SUCCEEDED:
-            self.services.storage.delete_prefix(stems_prefix(job_id))
+            self._remove(stems_prefix(job_id))
         if final.status.finished and final.worker_id == self.worker_id:
             self.services.jobs.finished(final)
         else:
             self.services.jobs.changed(job_id)
+
+    def _remove(self, prefix: str) -> None:
+        """Delete what a job that did not succeed wrote. With the storage down (the likely
+        reason it failed), the sweeper deletes it once the job is past the result TTL."""
+        try:
+            self.services.storage.delete_prefix(prefix)
+        except StorageError as exc:
+            log.warning("cannot delete %s now, left for the sweeper: %s", prefix, exc.message)
 
     def _stopped(self, job: Job, reason: StopReason) -> None:
         store, now = self.services.store, now_utc()
