@@ -104,7 +104,7 @@ def test_troubleshooting_entries_say_symptom_confirm_fix() -> None:
     titles = [entry.splitlines()[0] for entry in entries]
     assert titles == [
         "Models missing", "Redis unreachable", "PostgreSQL unreachable", "ffmpeg missing",
-        "Disk full", "A stuck queue", "Out of memory",
+        "Disk full", "S3 unreachable or refusing", "A stuck queue", "Out of memory",
         "Stem links from S3 refused (403), or the player cannot load them",
     ]  # fmt: skip
     for entry in entries:

@@ -267,7 +267,9 @@ def test_s3_failing_mid_job_fails_it_and_the_sweeper_removes_the_partial_stems(
         failed = services.store.get(job_id)
         assert failed is not None and failed.status == JobStatus.FAILED
         assert failed.error_code == "storage_error"
-        assert "Could not connect" in (failed.error_message or "")
+        assert failed.error_message == "storage unavailable while the job ran; it can be retried"
+        assert "Could not connect" in caplog.text  # the cause, for the operator
+        assert weed.secret_key not in caplog.text
         assert failed.stems == {}
         assert "left for the sweeper" in caplog.text
     finally:

@@ -44,6 +44,7 @@ from stemify.storage import local_file
 log = logging.getLogger(__name__)
 
 StopReason = Literal["canceled", "timeout", "shutdown", "lost"]
+STORAGE_FAILED = "storage unavailable while the job ran; it can be retried"
 CALLER_ERRORS = (InvalidAudioError, AudioLimitError, InvalidOptionError, DownloadError)
 
 
@@ -110,7 +111,9 @@ class JobRunner:
             # storage, a missing tool) is the operator's, logged as an error (and so reported).
             level = logging.INFO if isinstance(exc, CALLER_ERRORS) else logging.ERROR
             log.log(level, "job %s failed: %s: %s", job_id, exc.code, exc.message)
-            store.fail(job_id, self.worker_id, code=exc.code, message=exc.message, now=now_utc())
+            # A storage error names the bucket, endpoint or paths: for the log, not the caller.
+            message = STORAGE_FAILED if isinstance(exc, StorageError) else exc.message
+            store.fail(job_id, self.worker_id, code=exc.code, message=message, now=now_utc())
         except Exception:
             log.exception("job %s: unexpected error", job_id)
             store.fail(
