@@ -3,7 +3,9 @@ failing step named, on a real SeaweedFS (the ``s3`` fixture) and on a local dire
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -96,3 +98,33 @@ def test_local_check_of_a_directory_that_cannot_be_made(tmp_path: Path) -> None:
     assert f"cannot create the storage directory {tmp_path / 'a-file' / 'storage'}" in (
         result.stdout
     )
+
+
+def runbook_json(key: str) -> dict[str, Any]:
+    """The runbook's JSON block holding ``key`` (BUCKET and PREFIX as written there)."""
+    text = (Path(__file__).parent.parent / "docs" / "operations" / "runbook.md").read_text()
+    for block in re.findall(r"^```json\n(.*?)^```$", text, flags=re.MULTILINE | re.DOTALL):
+        data = json.loads(block)
+        if key in data:
+            return dict(data)
+    raise AssertionError(f"no JSON block with {key!r} in the runbook")
+
+
+def test_the_runbooks_lifecycle_rules_are_accepted_by_s3(s3: Any) -> None:
+    rules = json.loads(json.dumps(runbook_json("Rules")).replace("PREFIX/", "stemify/"))
+    s3.client.put_bucket_lifecycle_configuration(Bucket=s3.name, LifecycleConfiguration=rules)
+    applied = s3.client.get_bucket_lifecycle_configuration(Bucket=s3.name)["Rules"]
+    by_id = {rule["ID"]: rule for rule in applied}
+    abort = by_id["stemify-abort-incomplete-uploads"]
+    assert abort["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    assert abort["Filter"] == {"Prefix": "stemify/"}
+    assert by_id["stemify-expiry-backstop"]["Expiration"] == {"Days": 7}
+
+
+def test_the_runbooks_policy_names_every_action_the_check_needs() -> None:
+    policy = runbook_json("Statement")
+    actions = {a for statement in policy["Statement"] for a in statement["Action"]}
+    assert actions == {
+        "s3:ListBucket", "s3:ListBucketMultipartUploads", "s3:GetObject", "s3:PutObject",
+        "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts",
+    }  # fmt: skip
