@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -112,7 +113,9 @@ def test_no_secret_in_logs_errors_or_config_show(
     postgres_url: str,
     certificate: Path,
     make_audio: MakeAudio,
+    s3: Any,
 ) -> None:
+    """With S3 storage (boto3's credentials in the environment, as deployed) and DEBUG logs."""
     database_url = postgres_url.replace("postgres@", f"postgres:{DB_PASSWORD}@", 1)
     with protected_redis(REDIS_PASSWORD, certificate) as redis_url:
         env = {
@@ -121,6 +124,7 @@ def test_no_secret_in_logs_errors_or_config_show(
             "STEMIFY_SENTRY_DSN": DSN,
             "STEMIFY_AUTH": "required",
             "STEMIFY_LOG_LEVEL": "DEBUG",
+            "STEMIFY_STORAGE_URL": f"s3://{s3.name}/secrets",
         }
         cluster = Cluster(tmp_path, env)
         # The command line in process (click's runner): each `stemify` start-up costs seconds.
@@ -158,6 +162,8 @@ def test_no_secret_in_logs_errors_or_config_show(
         "database password": DB_PASSWORD,
         "secret key": SECRET_KEY,
         "DSN key": DSN_KEY,
+        "S3 secret key": s3.server.secret_key,
+        "S3 access key": s3.server.access_key,
     }
     for name, secret in secrets.items():
         assert secret not in logs, f"the {name} is in the logs"

@@ -84,6 +84,10 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # The S3 client's DEBUG lines are whole requests: signed headers (the access key id in
+    # Authorization), presigned URLs, every header of the request being served. Never below INFO.
+    for name in ("botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(name).setLevel(max(logging.getLevelName(level), logging.INFO))
     # Uvicorn's own loggers would otherwise print with their own handlers and format.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers.clear()
