@@ -197,6 +197,20 @@ def test_dedup_lookup_and_expiry(store: JobStore) -> None:
     assert expired is not None and expired.status is JobStatus.EXPIRED and expired.stems == {}
 
 
+def test_failed_and_canceled_jobs_expire_a_ttl_after_they_ended(store: JobStore) -> None:
+    failed, canceled, queued = new_job(), new_job(), new_job()
+    for job in (failed, canceled, queued):
+        store.add(job)
+    store.claim(failed.id, "w", T0, T0)
+    assert store.fail(failed.id, "w", code="storage_error", message="x", now=T0)
+    assert store.request_cancel(canceled.id, T0)
+    later = T0 + timedelta(hours=2)
+    assert store.expired_jobs(later) == []  # no expiry of their own
+    assert store.expired_jobs(later, ended_before=T0) == []  # ended at T0, not before
+    swept = store.expired_jobs(later, ended_before=T0 + timedelta(seconds=1))
+    assert sorted(j.id for j in swept) == sorted([failed.id, canceled.id])
+
+
 def test_release_puts_a_job_back(store: JobStore) -> None:
     job = new_job()
     store.add(job)
