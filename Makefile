@@ -17,8 +17,10 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 # ffmpeg decodes audio; chromium runs the web page tests; prometheus provides promtool for the
-# alert rule tests; curl and jq run the documentation's own commands in the tests.
-SYSTEM_TOOLS := ffmpeg:ffmpeg ffprobe:ffmpeg chromium:chromium promtool:prometheus curl:curl jq:jq
+# alert rule tests; curl and jq run the documentation's own commands in the tests; hyperfine
+# times the command line's start-up (bench/bench_cli_startup.py).
+SYSTEM_TOOLS := ffmpeg:ffmpeg ffprobe:ffmpeg chromium:chromium promtool:prometheus curl:curl jq:jq \
+	hyperfine:hyperfine
 
 system-deps:
 	@missing=$$(for pair in $(SYSTEM_TOOLS); do \

@@ -750,7 +750,10 @@ def test_ready(api: Api) -> None:
     assert [w["id"] for w in body["workers"]] == ["worker-1"]
     assert body["queue"]["workers_alive"] == 1
     fields = {"id", "hostname", "pid", "last_seen", "last_seen_age_s", "running"}
-    assert set(body["workers"][0]) == fields
+    assert set(body["workers"][0]) == fields | {"models", "lacks_default_model"}
+    # This worker reported no models (an older worker): unknown, not "lacks".
+    assert body["workers"][0]["models"] is None
+    assert body["workers"][0]["lacks_default_model"] is None
 
 
 def test_not_ready_without_models(make_api: MakeApi, tmp_path: Path) -> None:
@@ -777,8 +780,15 @@ def test_models(api: Api) -> None:
         "size_bytes",
         "official",
         "loaded",
+        "state",
+        "percent",
+        "reason",
     }
     assert models["tiny"]["installed"] and models["tiny"]["loaded"]
+    assert models["tiny"]["state"] == "installed" and models["tiny"]["reason"] is None
+    missing = models["htdemucs"]
+    assert missing["state"] == "missing" and missing["percent"] is None
+    assert "stemify models pull htdemucs" in missing["reason"]
     assert models["tiny"]["sources"] == ["drums", "bass", "other", "vocals"]
     assert models["tiny6"]["installed"] and not models["tiny6"]["loaded"]
     assert models["htdemucs"]["official"] and not models["htdemucs"]["installed"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
-from support.processes import Cluster, client, redis_server, submit, wait_for
+from support.processes import STEMIFY, Cluster, Process, client, redis_server, submit, wait_for
 
 pytestmark = pytest.mark.service
 
@@ -166,3 +166,44 @@ def test_events_cross_processes(cluster: Cluster, make_audio: MakeAudio) -> None
     progress = [e["progress"] for e in events if e["status"] == "running"]
     assert progress == sorted(progress)
     assert events[-1]["status"] == "succeeded"
+
+
+# A worker without a job's model refuses it: the job stays queued, unclaimed (no attempt
+# counted), until a worker that has the model takes it; /health says which worker lacks it.
+
+
+def worker_with(cluster: Cluster, model_dir: Path, name: str) -> Process:
+    env = {**cluster.env, "STEMIFY_MODEL_DIR": str(model_dir)}
+    process = Process([STEMIFY, "worker"], env, cluster.tmp / name)
+    cluster.processes.append(process)
+    return process
+
+
+def test_a_worker_without_the_model_leaves_the_job_for_one_that_has_it(
+    cluster: Cluster, make_audio: MakeAudio, model_dir: Path, tmp_path: Path
+) -> None:
+    cluster.serve()  # the API's model directory has the models: it accepts the job
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    worker_with(cluster, empty, "bare.log")
+    api = client(cluster.base)
+    deadline = time.monotonic() + 60
+    while not api.get("/health").json()["workers"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    job = submit(api, make_audio("song.wav", seconds=1.0), shifts="0")
+
+    # Several refusals later (one every few seconds) the job is still queued and untried.
+    time.sleep(8)
+    still = api.get(f"/jobs/{job['id']}").json()
+    assert still["status"] == "queued" and still["attempts"] == 0, (still, cluster.logs())
+    assert "does not have: handed back to the queue" in cluster.logs()
+    [bare] = api.get("/health").json()["workers"]
+    assert bare["models"] == [] and bare["lacks_default_model"] is True, bare
+
+    worker_with(cluster, model_dir, "equipped.log")
+    done = wait_for(api, job["id"], timeout=120)
+    assert done["status"] == "succeeded" and done["attempts"] == 1, (done, cluster.logs())
+    workers = api.get("/health").json()["workers"]
+    assert sorted(w["lacks_default_model"] for w in workers) == [False, True]
+    equipped = next(w for w in workers if not w["lacks_default_model"])
+    assert "tiny" in equipped["models"]

@@ -23,6 +23,8 @@ from stemify.jobs.store import JobStore
 from stemify.keys.store import KeyStore
 from stemify.keys.usage import UsageLedger
 from stemify.models import ModelCache, load_model
+from stemify.models.autopull import AutoPull
+from stemify.models.extra import full_catalogue
 from stemify.observability.metrics import Metrics
 from stemify.queue.registry import WorkerRegistry
 from stemify.queue.transport import JobQueue, LocalQueue, RedisQueue, make_broker
@@ -46,6 +48,8 @@ class Services:
     links: DownloadLinks
     url_policy: URLPolicy
     jobs: JobLifecycle
+    # Embedded `serve` fetching the default model at start (STEMIFY_AUTO_PULL); else None.
+    auto_pull: AutoPull | None = None
 
     def close(self) -> None:
         self.queue.close()
@@ -148,4 +152,18 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
         links=links,
         url_policy=policy,
         jobs=JobLifecycle(store, usage, storage, queue, events, metrics, webhooks, result_ttl),
+        auto_pull=_auto_pull(settings),
+    )
+
+
+def _auto_pull(settings: Settings) -> AutoPull | None:
+    """Built here, started by `serve` (other commands never fetch); distributed workers get
+    their models baked in or pulled by the operator, and refuse jobs for models they lack."""
+    if settings.distributed or not settings.auto_pull:
+        return None
+    return AutoPull(
+        settings.default_model,
+        settings.model_dir,
+        settings.model_base_url,
+        full_catalogue(settings.model_catalogue),
     )

@@ -32,6 +32,11 @@ class Settings(BaseSettings):
     model_dir: Path = Field(default_factory=_default_model_dir)
     # Where `stemify models pull` downloads official weights from; demucs' own release host.
     model_base_url: str = DEMUCS_ROOT_URL
+    # Embedded `stemify serve` downloads the default model at start when it is missing; off
+    # where models are baked into the image (containers).
+    auto_pull: bool = True
+    # A YAML file of extra downloadable models (a private mirror's), beside the official ones.
+    model_catalogue: Path | None = None
     device: str = "cpu"
     # LRU budget for loaded models kept in memory by one process.
     model_cache_mb: int = 4096

@@ -98,9 +98,11 @@ def check_link(value: str, what: str, policy: URLPolicy | None = None) -> str:
     return link
 
 
-def _model(name: str, model_dir: Path) -> ModelStatus:
+def _model(name: str, model_dir: Path, arriving: ModelStatus | None) -> ModelStatus:
     models = {m.name: m for m in list_models(model_dir)}
     status = models.get(name)
+    if arriving is not None and arriving.name == name and not (status and status.installed):
+        return arriving  # being downloaded at start: the job waits for it
     if status is None:
         installed = ", ".join(sorted(m.name for m in models.values() if m.installed)) or "none"
         raise ModelNotFoundError(
@@ -135,10 +137,15 @@ def _spec(fields: dict[str, str], model: str) -> JobSpec:
         raise invalid_option(exc) from None
 
 
-def build_spec(fields: dict[str, str], model_dir: Path, default_model: str) -> JobSpec:
+def build_spec(
+    fields: dict[str, str],
+    model_dir: Path,
+    default_model: str,
+    arriving: ModelStatus | None = None,
+) -> JobSpec:
     """The job's parameters from the whole form, checked as the engine will check them
-    (blocking: it reads the model directory)."""
-    model = _model(fields.get("model", "").strip() or default_model, model_dir)
+    (blocking: it reads the model directory). ``arriving``: a model still downloading."""
+    model = _model(fields.get("model", "").strip() or default_model, model_dir, arriving)
     spec = _spec(fields, model.name)
     options = spec.separation_options(device="cpu", batch_size=1)
     options.inference.validate(None)  # the model matters only for an explicit segment
@@ -147,10 +154,12 @@ def build_spec(fields: dict[str, str], model_dir: Path, default_model: str) -> J
     return spec
 
 
-def check_fields_so_far(fields: dict[str, str], model_dir: Path) -> None:
+def check_fields_so_far(
+    fields: dict[str, str], model_dir: Path, arriving: ModelStatus | None = None
+) -> None:
     """Refuse a bad option sent before the file, before the upload is stored; what depends on
     the model is judged only when the model was named (it may follow the file)."""
     if fields.get("model", "").strip():
-        build_spec(fields, model_dir, "")
+        build_spec(fields, model_dir, "", arriving)
         return
     _spec(fields, model="")

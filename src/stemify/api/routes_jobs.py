@@ -39,6 +39,7 @@ from stemify.formatting import check_duration
 from stemify.jobs.layout import input_key, job_prefix
 from stemify.jobs.model import Job, JobStatus
 from stemify.jobs.render import job_to_dict
+from stemify.models import ModelStatus
 from stemify.services import Services
 from stemify.storage import Storage, local_file
 
@@ -107,6 +108,10 @@ def _check_source(fields: dict[str, str], has_file: bool) -> None:
         raise ApiError(400, "bad_request", "send the audio as a `file` upload or as a `url` link")
 
 
+def _arriving(services: Services) -> ModelStatus | None:
+    return services.auto_pull.arriving() if services.auto_pull is not None else None
+
+
 def _build_job(
     services: Services, submission: Submission, job_id: str, owner: str | None, key: str | None
 ) -> Job:
@@ -117,7 +122,7 @@ def _build_job(
     webhook = fields.get(WEBHOOK_FIELD, "").strip()
     job = Job(
         id=job_id,
-        spec=build_spec(fields, settings.model_dir, settings.default_model),
+        spec=build_spec(fields, settings.model_dir, settings.default_model, _arriving(services)),
         source="upload" if upload is not None else "url",
         created_at=now_utc(),
         owner=owner,
@@ -182,7 +187,7 @@ async def submit(
 
     def check_early(fields: dict[str, str]) -> None:
         _check_source(fields, has_file=True)
-        check_fields_so_far(fields, settings.model_dir)
+        check_fields_so_far(fields, settings.model_dir, _arriving(services))
         if webhook := fields.get(WEBHOOK_FIELD, "").strip():
             check_link(webhook, WEBHOOK_FIELD, services.url_policy)
 

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from stemify.api.auth import CallerDep, ServicesDep
 from stemify.clock import now_utc
 from stemify.models import list_models
+from stemify.models.autopull import model_state
 from stemify.services import Services
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,13 @@ CHECK_TIMEOUT_S = 5.0
 
 @router.get("/models", summary="Models: the official catalogue and local ones")
 def models(services: ServicesDep, _caller: CallerDep) -> dict[str, Any]:
+    """Each model with its state: ``installed``, ``downloading`` (with ``percent``) or
+    ``missing`` (with the ``reason``: not installed, or why its download failed)."""
     statuses = list_models(services.settings.model_dir)
+    auto = services.auto_pull
+    fetched = auto.status() if auto is not None else None
+    if fetched is not None and fetched.name not in {m.name for m in statuses}:
+        statuses.append(fetched)  # a model of the extra catalogue, not on disk (yet)
     loaded = set(services.models.loaded())
     return {
         "default_model": services.settings.default_model,
@@ -38,6 +45,7 @@ def models(services: ServicesDep, _caller: CallerDep) -> dict[str, Any]:
                 "size_bytes": m.size_bytes,
                 "official": m.official,
                 "loaded": m.name in loaded,
+                **model_state(m.name, m.installed, auto).to_dict(),
             }
             for m in statuses
         ],
@@ -55,6 +63,17 @@ async def health(services: ServicesDep) -> dict[str, Any]:
 
 def _models_detail(services: Services) -> str:
     installed = [m.name for m in list_models(services.settings.model_dir) if m.installed]
+    auto = services.auto_pull
+    if auto is not None and auto.name not in installed:
+        state = auto.state()
+        if state.state == "missing":
+            raise RuntimeError(state.reason)
+        if state.state == "downloading":
+            # Not a failure: jobs are accepted and wait for it (stage waiting_for_model).
+            done = f" ({state.percent:g} %)" if state.percent is not None else ""
+            return f"downloading {auto.name}{done}, jobs wait for it" + (
+                "; installed: " + ", ".join(installed) if installed else ""
+            )
     if not installed:
         raise RuntimeError(
             f"no model installed: run `stemify models pull {services.settings.default_model}`"
@@ -97,6 +116,11 @@ def _queue_and_workers(services: Services) -> tuple[dict[str, Any], list[dict[st
             "last_seen": w.last_seen.isoformat().replace("+00:00", "Z"),
             "last_seen_age_s": round((now - w.last_seen).total_seconds(), 1),
             "running": w.running,
+            # Jobs for a model a worker lacks are handed on to one that has it.
+            "models": list(w.models) if w.models is not None else None,
+            "lacks_default_model": (
+                None if w.models is None else services.settings.default_model not in w.models
+            ),
         }
         for w in services.workers.alive(seen_after)
     ]

@@ -89,11 +89,14 @@ class _Bars:
 def pull_command(names: tuple[str, ...], model_dir: Path | None, base_url: str | None) -> None:
     """Download official models, verify their checksums, resume partial downloads."""
     from stemify.models import pull
+    from stemify.models.extra import full_catalogue
 
     settings = settings_from(model_dir)
     bars = _Bars()
     try:
-        pull(list(names), settings.model_dir, base_url or settings.model_base_url, progress=bars)
+        catalogue = full_catalogue(settings.model_catalogue)
+        url = base_url or settings.model_base_url
+        pull(list(names), settings.model_dir, url, catalogue=catalogue, progress=bars)
     except StemifyError as exc:
         bars.close()
         fail(exc.message)

@@ -47,6 +47,8 @@ def serve(host: str, port: int) -> None:
     auth = settings.auth or ("off" if _is_loopback(host) else "required")
     services = services_from(settings, metrics)
     workers = None
+    if services.auto_pull is not None:
+        services.auto_pull.start()
     if not settings.distributed:
         workers = EmbeddedWorkers(services, settings.worker_concurrency)
         workers.start()

@@ -126,3 +126,5 @@ class WorkerRow(Base):
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     running: Mapped[int] = mapped_column(Integer, default=0)
     stopped: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Names of the models installed where the worker runs (None: not reported, an older one).
+    models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)

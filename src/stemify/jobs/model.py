@@ -31,6 +31,7 @@ class JobStatus(StrEnum):
 
 
 class Stage(StrEnum):
+    WAITING_FOR_MODEL = "waiting_for_model"  # queued: the model is still being downloaded
     DOWNLOADING = "downloading"
     DECODING = "decoding"
     SEPARATING = "separating"

@@ -224,6 +224,11 @@ class JobStore:
             eta_s=eta_s,
         )
 
+    def set_waiting(self, job_id: str, stage: Stage) -> bool:
+        """Say why a queued job, still nobody's, waits (its model is being downloaded)."""
+        where = and_(JobRow.id == job_id, JobRow.status == JobStatus.QUEUED.value)
+        return self._update(and_(where, JobRow.stage.is_(None)), stage=stage.value)
+
     def set_input(
         self,
         job_id: str,

@@ -21,13 +21,16 @@ class WorkerInfo:
     pid: int
     last_seen: datetime
     running: int
+    models: tuple[str, ...] | None = None  # installed where it runs; None: not reported
 
 
 class WorkerRegistry:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def seen(self, worker_id: str, now: datetime, running: int) -> None:
+    def seen(
+        self, worker_id: str, now: datetime, running: int, models: list[str] | None = None
+    ) -> None:
         with self.db.session() as session:
             row = session.get(WorkerRow, worker_id)
             if row is None:
@@ -39,10 +42,12 @@ class WorkerRegistry:
                         started_at=now,
                         last_seen=now,
                         running=running,
+                        models=models,
                     )
                 )
             else:
                 row.last_seen, row.running, row.stopped = now, running, False
+                row.models = models
 
     def stopped(self, worker_id: str) -> None:
         with self.db.session() as session:
@@ -55,4 +60,14 @@ class WorkerRegistry:
                     WorkerRow.last_seen > seen_after, WorkerRow.stopped.is_(False)
                 )
             ).all()
-            return [WorkerInfo(r.id, r.hostname, r.pid, r.last_seen, r.running) for r in rows]
+            return [
+                WorkerInfo(
+                    r.id,
+                    r.hostname,
+                    r.pid,
+                    r.last_seen,
+                    r.running,
+                    tuple(r.models) if r.models is not None else None,
+                )
+                for r in rows
+            ]

@@ -13,13 +13,14 @@ from typing import Protocol
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.common import dq_name
 
 QUEUE_NAME = "stemify-jobs"
 ACTOR_NAME = "stemify_run_job"
 
 
 class JobQueue(Protocol):
-    def enqueue(self, job_id: str) -> None: ...
+    def enqueue(self, job_id: str, delay_s: float = 0.0) -> None: ...
 
     def pending(self) -> set[str]:
         """Job ids whose message waits in (or is being taken from) the queue."""
@@ -42,7 +43,12 @@ class LocalQueue:
         self._pending: set[str] = set()
         self._lock = threading.Lock()
 
-    def enqueue(self, job_id: str) -> None:
+    def enqueue(self, job_id: str, delay_s: float = 0.0) -> None:
+        if delay_s > 0:
+            timer = threading.Timer(delay_s, self.enqueue, (job_id,))
+            timer.daemon = True
+            timer.start()
+            return
         with self._lock:
             if job_id in self._pending:
                 return
@@ -94,7 +100,9 @@ class RedisQueue:
     def __init__(self, broker: RedisBroker) -> None:
         self.broker = broker
 
-    def enqueue(self, job_id: str) -> None:
+    def enqueue(self, job_id: str, delay_s: float = 0.0) -> None:
+        """``delay_s``: Dramatiq's delay queue holds the message that long (a job handed on by a
+        worker that lacks its model must not bounce between such workers at full speed)."""
         message: dramatiq.Message[None] = dramatiq.Message(
             queue_name=QUEUE_NAME,
             actor_name=ACTOR_NAME,
@@ -102,11 +110,14 @@ class RedisQueue:
             kwargs={},
             options={},
         )
-        self.broker.enqueue(message)
+        self.broker.enqueue(message, delay=int(delay_s * 1000) if delay_s > 0 else None)
 
     def _messages(self) -> list[bytes | str]:
-        key = f"{self.broker.namespace}:{QUEUE_NAME}.msgs"
-        return list(self.broker.client.hvals(key))
+        # Delayed messages too: the reconciler must not send a second one for such a job.
+        found: list[bytes | str] = []
+        for name in (QUEUE_NAME, dq_name(QUEUE_NAME)):
+            found += self.broker.client.hvals(f"{self.broker.namespace}:{name}.msgs")
+        return found
 
     def pending(self) -> set[str]:
         found = set()

@@ -16,6 +16,7 @@ import torch
 from prometheus_client import Gauge
 
 from stemify.clock import now_utc
+from stemify.models.autopull import installed_models
 from stemify.queue.transport import ACTOR_NAME, QUEUE_NAME, LocalQueue, RedisQueue
 from stemify.services import Services
 from stemify.worker.maintenance import clean_temp, reconcile, sweep
@@ -69,7 +70,8 @@ class Maintenance:
 
     def tick(self, *, at_start: bool = False) -> None:
         settings, now = self.services.settings, now_utc()
-        self.services.workers.seen(self.worker_id, now, self.running())
+        models = installed_models(settings.model_dir)
+        self.services.workers.seen(self.worker_id, now, self.running(), models)
         due = self._last_reconcile is None or (
             (now - self._last_reconcile).total_seconds() >= settings.reconcile_interval_s
         )

@@ -40,6 +40,7 @@ from stemify.observability.logging import bind, bound
 from stemify.observability.sentry import job_scope
 from stemify.services import Services
 from stemify.storage import local_file
+from stemify.worker.model_gate import model_ready
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,8 @@ class JobRunner:
 
     def _run(self, job_id: str) -> None:
         store, settings = self.services.store, self.services.settings
+        if not model_ready(self.services, job_id, self.shutdown):
+            return
         now = now_utc()
         stale_before = now - timedelta(seconds=settings.heartbeat_timeout_s)
         job = store.claim(job_id, self.worker_id, now, stale_before)
