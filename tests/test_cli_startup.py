@@ -103,6 +103,7 @@ TORCH_FREE = [
     (["separate", "--help"], "--two-stems"),
     (["models", "pull", "--help"], "--base-url"),
     (["evaluate", "--help"], "REF_DIR"),
+    (["mix", "--help"], "STEM=GAIN"),
     (["jobs", "--help"], "retry"),
     (["jobs", "list", "--help"], "succeeded"),
     (["keys", "--help"], "revoke"),

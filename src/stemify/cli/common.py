@@ -28,6 +28,16 @@ def model_dir_option(command: F) -> F:
     )(command)
 
 
+def clip_mode_option(help_text: str) -> Callable[[F], F]:
+    return click.option(
+        "--clip-mode",
+        type=click.Choice(["rescale", "clamp", "none"]),
+        default="rescale",
+        show_default=True,
+        help=help_text,
+    )
+
+
 def settings_from(model_dir: Path | None) -> Settings:
     settings = Settings()
     if model_dir is not None:

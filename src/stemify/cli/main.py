@@ -12,6 +12,7 @@ from stemify.cli.config import config
 from stemify.cli.evaluate import evaluate
 from stemify.cli.jobs import jobs
 from stemify.cli.keys import keys
+from stemify.cli.mix import mix
 from stemify.cli.models import models
 from stemify.cli.separate import separate
 from stemify.cli.serve import serve, worker
@@ -27,6 +28,7 @@ def cli() -> None:
 cli.add_command(separate)
 cli.add_command(models)
 cli.add_command(evaluate)
+cli.add_command(mix)
 for command in (serve, worker, jobs, keys, storage, config):
     cli.add_command(command)
 

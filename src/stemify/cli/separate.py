@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from stemify.audio import OutputFormat
-from stemify.cli.common import F, fail, model_dir_option, settings_from
+from stemify.cli.common import F, clip_mode_option, fail, model_dir_option, settings_from
 from stemify.engine.params import default_of, help_of
 from stemify.errors import InvalidOptionError, StemifyError
 from stemify.settings import Settings
@@ -99,13 +99,7 @@ def _param_option(name: str, kind: type) -> Callable[[F], F]:
 @_param_option("shifts", int)
 @_param_option("overlap", float)
 @click.option("--segment", type=float, help="Segment length in seconds (default: the model's).")
-@click.option(
-    "--clip-mode",
-    type=click.Choice(["rescale", "clamp", "none"]),
-    default="rescale",
-    show_default=True,
-    help="How to avoid clipping.",
-)
+@clip_mode_option("How to avoid clipping.")
 @click.option("-d", "--device", help="cpu or cuda (default: STEMIFY_DEVICE or cpu).")
 @click.option(
     "--batch-size", type=int, help="Segments per forward pass (default: STEMIFY_BATCH_SIZE)."

@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stemify.audio import decode_blocks
+from stemify.audio.stem_files import stem_files
 from stemify.errors import InvalidOptionError
 
 SAMPLERATE = 44100
@@ -39,28 +40,6 @@ SDR_FILTER_LENGTH = 512  # fast_bss_eval's default, stated here so reports can n
 SCORE_CAP_DB = 100.0
 LENGTH_TOLERANCE_SECONDS = 0.1
 MIN_SECONDS = 1.0
-AUDIO_EXTENSIONS = frozenset(
-    {
-        ".wav",
-        ".wave",
-        ".flac",
-        ".mp3",
-        ".ogg",
-        ".oga",
-        ".opus",
-        ".m4a",
-        ".aac",
-        ".aif",
-        ".aiff",
-        ".wma",
-        ".mka",
-        ".webm",
-        ".wv",
-        ".ac3",
-        ".alac",
-        ".caf",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -115,29 +94,6 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(present) / len(present) if present else None
 
 
-def _audio_files(directory: Path, role: str) -> dict[str, Path]:
-    if not directory.exists():
-        raise InvalidOptionError(f"{role} directory not found: {directory}")
-    if not directory.is_dir():
-        raise InvalidOptionError(f"{role} path is not a directory: {directory}")
-    files: dict[str, Path] = {}
-    for path in sorted(directory.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
-            continue
-        if path.suffix.lower() not in AUDIO_EXTENSIONS:
-            continue
-        if path.stem in files:
-            # Guessing which of two files is meant could score the wrong one silently.
-            raise InvalidOptionError(
-                f"{role} directory has two files for stem {path.stem!r}: "
-                f"{files[path.stem].name} and {path.name}; keep one"
-            )
-        files[path.stem] = path
-    if not files:
-        raise InvalidOptionError(f"{role} directory has no audio files: {directory}")
-    return files
-
-
 def _decode(path: Path) -> npt.NDArray[np.float32]:
     """Decode a whole file to float32 ``(2, n)`` at 44.1 kHz (evaluation scores whole tracks)."""
     blocks = list(decode_blocks(path, samplerate=SAMPLERATE, channels=CHANNELS))
@@ -171,8 +127,8 @@ def _score(
 
 
 def evaluate_dirs(ref_dir: Path, est_dir: Path) -> EvaluationResult:
-    references = _audio_files(ref_dir, "reference")
-    estimates = _audio_files(est_dir, "estimate")
+    references = stem_files(ref_dir, "reference")
+    estimates = stem_files(est_dir, "estimate")
     common = sorted(references.keys() & estimates.keys())
     if not common:
         raise InvalidOptionError(
