@@ -2,6 +2,7 @@
 // the history.
 
 import { getConfig, getJob, getModels, saveKey, savedKey, submitJob } from "./api.js";
+import { Batch } from "./batch.js";
 import { JobForm } from "./form.js";
 import { sentence } from "./format.js";
 import { History } from "./history.js";
@@ -10,6 +11,9 @@ import { JobView } from "./jobview.js";
 const $ = (id) => document.getElementById(id);
 
 const formError = $("form-error");
+const modelState = $("model-state");
+const MODEL_POLL_MS = 1000;
+let modelPoll = null;
 const keySection = $("key-section");
 const keyInput = $("api-key");
 let config = { auth_required: false, max_upload_mb: 0, player_max_mb: 0 };
@@ -19,6 +23,7 @@ const jobList = new History({
   onOpen: openJob,
   onDeleted: (id) => view.forget(id),
 });
+const batch = new Batch({ onOpen: openJob });
 const view = new JobView({
   onFinished: () => jobList.refresh(),
   onError: needKey,
@@ -52,11 +57,7 @@ async function load() {
     return;
   }
   try {
-    const catalogue = await getModels();
-    if (!form.setModels(catalogue.models, catalogue.default_model)) {
-      formError.textContent =
-        `No model is installed on the server: run "stemify models pull ${catalogue.default_model}" there.`;
-    }
+    await showModels();
   } catch (error) {
     form.setModels([], null);
     formError.textContent = sentence(error.message);
@@ -68,19 +69,56 @@ async function load() {
   if (shown) await openJob(shown);
 }
 
+// The default model's state: downloading (with percent, polled until it arrives) or missing
+// (with the server's reason); nothing to say once it is installed.
+async function showModels() {
+  clearTimeout(modelPoll);
+  const catalogue = await getModels();
+  const usable = form.setModels(catalogue.models, catalogue.default_model);
+  const model = catalogue.models.find((m) => m.name === catalogue.default_model);
+  const state = model ? model.state : "missing";
+  modelState.dataset.state = state;
+  modelState.hidden = state === "installed";
+  if (state === "downloading") {
+    const percent = model.percent == null ? "" : ` — ${Math.floor(model.percent)} %`;
+    modelState.textContent =
+      `Downloading the model ${model.name}${percent}. Songs sent now wait for it and start when it has arrived.`;
+    modelPoll = setTimeout(() => showModels().catch(() => {}), MODEL_POLL_MS);
+  } else if (state === "missing") {
+    const reason = model && model.reason ? sentence(model.reason) : "It is not installed.";
+    modelState.textContent = `The model ${catalogue.default_model} is missing. ${reason}`;
+  }
+  if (!usable) {
+    formError.textContent =
+      `No model is installed on the server: run "stemify models pull ${catalogue.default_model}" there.`;
+  } else if (formError.textContent.startsWith("No model is installed")) {
+    formError.textContent = "";
+  }
+}
+
 async function submit(event) {
   event.preventDefault();
   formError.textContent = "";
-  let data;
+  let jobs;
   try {
-    data = form.build(config.max_upload_mb);
+    jobs = form.build(config.max_upload_mb);
   } catch (error) {
     formError.textContent = error.message; // the page's own sentence
     return;
   }
   form.submit.disabled = true;
+  batch.clear();
+  try {
+    if (jobs.length === 1) await submitOne(jobs[0]);
+    else await submitSeveral(jobs);
+  } finally {
+    form.submit.disabled = false;
+  }
+}
+
+async function submitOne({ name, data }) {
   const upload = new AbortController();
-  view.startUpload(form.sourceName(), upload);
+  view.startUpload(name, upload);
   try {
     const job = await submitJob(data, (fraction) => view.showUpload(fraction), upload.signal);
     jobList.refresh();
@@ -89,9 +127,22 @@ async function submit(event) {
     view.hide();
     formError.textContent = sentence(error.message);
     needKey(error);
-  } finally {
-    form.submit.disabled = false;
   }
+}
+
+// One upload after the other (the line is shared); a refused file does not stop the others.
+async function submitSeveral(jobs) {
+  const rows = jobs.map(({ name }) => batch.add(name));
+  for (const [i, { data }] of jobs.entries()) {
+    try {
+      const job = await submitJob(data, rows[i].uploading, new AbortController().signal);
+      rows[i].follow(job);
+    } catch (error) {
+      rows[i].failed(error);
+      needKey(error);
+    }
+  }
+  jobList.refresh();
 }
 
 $("key-form").addEventListener("submit", (event) => {

@@ -42,20 +42,22 @@ export class JobForm {
       event.preventDefault();
       zone.classList.remove("dragging");
       if (!event.dataTransfer.files.length) return;
-      this.file.files = event.dataTransfer.files;
+      this.file.files = event.dataTransfer.files; // several files: one job each
       this.url.value = "";
     });
   }
 
-  // Only installed models can run; the server's default comes first selected.
+  // Installed models can run, and one still downloading (its jobs wait for it); the server's
+  // default comes first selected. A second call keeps what the person chose.
   setModels(models, defaultModel) {
-    this.models = models.filter((m) => m.installed);
+    const chosen = this.model.value;
+    this.models = models.filter((m) => m.installed || m.state === "downloading");
     this.model.replaceChildren();
     for (const m of this.models) {
       const option = document.createElement("option");
       option.value = m.name;
-      option.textContent = m.name;
-      option.selected = m.name === defaultModel;
+      option.textContent = m.state === "downloading" ? `${m.name} (downloading)` : m.name;
+      option.selected = chosen ? m.name === chosen : m.name === defaultModel;
       this.model.append(option);
     }
     this.submit.disabled = !this.models.length;
@@ -103,22 +105,29 @@ export class JobForm {
     this.twoStem.hidden = this.stemMode() !== "two";
   }
 
-  // The multipart body, or an Error whose message tells the person what to fix.
+  // One {name, data} per job (a file each, or the link), or an Error whose message tells the
+  // person what to fix; nothing is sent when one file of several is too large.
   build(maxUploadMb) {
-    const data = new FormData();
-    const file = this.file.files[0];
+    const files = [...this.file.files];
     const url = this.url.value.trim();
-    if (!file && !url) throw new Error("Choose a file or paste a link first.");
-    if (file) {
+    if (!files.length && !url) throw new Error("Choose a file or paste a link first.");
+    for (const file of files) {
       // The server counts MB as MiB.
       if (maxUploadMb && file.size > maxUploadMb * 1048576) {
         const size = (file.size / 1048576).toFixed(0);
         throw new Error(`The file ${file.name} is ${size} MB; this server takes files up to ${maxUploadMb} MB.`);
       }
-      data.append("file", file, file.name);
-    } else {
-      data.append("url", url);
     }
+    if (!files.length) return [{ name: url, data: this.options(new FormData(), "url", url) }];
+    return files.map((file) => ({
+      name: file.name,
+      data: this.options(new FormData(), "file", file),
+    }));
+  }
+
+  options(data, field, value) {
+    if (value instanceof File) data.append(field, value, value.name);
+    else data.append(field, value);
     data.append("model", this.model.value);
     const mode = this.stemMode();
     if (mode === "some") {
@@ -130,10 +139,5 @@ export class JobForm {
     }
     data.append("output_format", this.format.value);
     return data;
-  }
-
-  sourceName() {
-    const file = this.file.files[0];
-    return file ? file.name : this.url.value.trim();
   }
 }

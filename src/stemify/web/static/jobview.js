@@ -19,6 +19,9 @@ function statusText(job) {
   const percent = `${Math.floor(job.progress)} %`;
   switch (job.status) {
     case "queued":
+      if (job.stage === "waiting_for_model") {
+        return `Waiting for the model ${job.model} to finish downloading — ${percent}`;
+      }
       return `Waiting for a free worker — ${percent}`;
     case "running": {
       const stage = STAGES[job.stage] || "Working";

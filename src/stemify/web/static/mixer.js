@@ -2,8 +2,9 @@
 // same context time. Volume, mute and solo only change gains, so the stems never drift apart.
 
 export class Mixer {
-  constructor() {
-    this.context = new AudioContext();
+  // sampleRate: the stems' own (see mixdown.nativeRate), so decoding does not resample them.
+  constructor(sampleRate = null) {
+    this.context = new AudioContext(sampleRate ? { sampleRate } : {});
     this.master = this.context.createGain();
     this.master.connect(this.context.destination);
     this.tracks = new Map(); // name -> {buffer, gain, volume, muted, solo}

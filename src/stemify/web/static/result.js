@@ -4,6 +4,7 @@
 import { fetchBytes } from "./api.js";
 import { bytes, capitalised, duration } from "./format.js";
 import { Mixer } from "./mixer.js";
+import { nativeRate, renderMix } from "./mixdown.js";
 import { qualityLines } from "./quality.js";
 import { keepDrawn } from "./waveform.js";
 
@@ -31,9 +32,14 @@ export class ResultView {
     this.zip = $("zip-link");
     this.quality = $("quality");
     this.template = $("stem-template");
+    this.mixButton = $("mix-button");
+    this.mixStatus = $("mix-status");
     this.rows = new Map();
     this.cleanups = [];
     this.mixer = null;
+    this.loading = null;
+    this.mixName = "mix";
+    this.mixButton.addEventListener("click", () => this.downloadMix());
     this.playButton.addEventListener("click", () => this.toggle());
     this.seek.addEventListener("input", () => {
       if (this.mixer) this.mixer.seek(Number(this.seek.value));
@@ -46,6 +52,9 @@ export class ResultView {
     this.cleanups = [];
     if (this.mixer) this.mixer.close();
     this.mixer = null;
+    this.loading = null;
+    this.mixButton.disabled = true;
+    this.mixStatus.textContent = "";
     this.rows.clear();
     this.list.replaceChildren();
     delete this.list.dataset.ready;
@@ -122,26 +131,32 @@ export class ResultView {
   }
 
   async load(job) {
-    const mixer = new Mixer();
-    this.mixer = mixer;
-    mixer.onEnded = () => {
-      this.playButton.textContent = "Play";
-      this.tick();
-    };
+    const loading = {};
+    this.loading = loading;
+    this.mixName = `${(job.input && job.input.name ? job.input.name : "song").replace(/\.[^.]*$/, "")}-mix.wav`;
     let loaded = 0;
     this.status.textContent = `Loading the stems for playing: 0 of ${job.stems.length}…`;
+    let mixer = null;
     try {
-      const buffers = await Promise.all(
+      const files = await Promise.all(
         job.stems.map(async (stem) => {
-          const buffer = await mixer.decode(await fetchBytes(stem.url));
+          const bytes = await fetchBytes(stem.url);
           loaded += 1;
-          if (this.mixer === mixer) {
+          if (this.loading === loading) {
             this.status.textContent = `Loading the stems for playing: ${loaded} of ${job.stems.length}…`;
           }
-          return buffer;
+          return bytes;
         }),
       );
-      if (this.mixer !== mixer) return; // another job was opened meanwhile
+      if (this.loading !== loading) return; // another job was opened meanwhile
+      mixer = new Mixer(nativeRate(files[0]));
+      this.mixer = mixer;
+      mixer.onEnded = () => {
+        this.playButton.textContent = "Play";
+        this.tick();
+      };
+      const buffers = await Promise.all(files.map((bytes) => mixer.decode(bytes)));
+      if (this.mixer !== mixer) return;
       const fullScale = loudestPeak(job.quality);
       job.stems.forEach((stem, i) => {
         mixer.add(stem.name, buffers[i]);
@@ -155,11 +170,33 @@ export class ResultView {
       this.playButton.disabled = false;
       this.tick();
       this.status.textContent = "Ready to play.";
+      this.mixButton.disabled = false;
       this.list.dataset.ready = "true";
     } catch (error) {
-      if (this.mixer !== mixer) return;
+      if (this.loading !== loading || (mixer && this.mixer !== mixer)) return;
       this.status.textContent =
         `The stems could not be loaded for playing (${error.message}); the download links still work.`;
+    }
+  }
+
+  // The stems at the gains set now, as one WAV, rendered here (OfflineAudioContext).
+  async downloadMix() {
+    const mixer = this.mixer;
+    if (!mixer) return;
+    this.mixButton.disabled = true;
+    this.mixStatus.textContent = "Rendering the mix…";
+    try {
+      const url = URL.createObjectURL(await renderMix(mixer));
+      const link = document.createElement("a");
+      link.href = url;
+      link.download = this.mixName;
+      link.click();
+      setTimeout(() => URL.revokeObjectURL(url), 60000);
+      this.mixStatus.textContent = `The mix is downloading as ${this.mixName}.`;
+    } catch (error) {
+      this.mixStatus.textContent = `The mix could not be rendered (${error.message}).`;
+    } finally {
+      if (this.mixer === mixer) this.mixButton.disabled = false;
     }
   }
 
