@@ -1,17 +1,23 @@
 """STEMIFY_MODEL_CATALOGUE: extra downloadable models read from a YAML file, every mistake in it
-named; and the model state the API shows (installed / downloading / missing)."""
+named; the model state the API shows (installed / downloading / missing); and the queue's
+delayed hand-back of a job whose model a worker lacks."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from support.model_server import MODEL_NAME, publish_model
+from support.processes import STEMIFY
 
 from stemify.errors import ConfigurationError
 from stemify.models import official_catalogue
 from stemify.models.autopull import AutoPull, installed_models, model_state
 from stemify.models.extra import full_catalogue, read_catalogue_file
+from stemify.queue.transport import LocalQueue, RedisQueue, make_broker
 
 pytestmark = pytest.mark.unit
 
@@ -93,3 +99,47 @@ def test_an_installed_model_is_not_fetched(model_dir: Path) -> None:
     auto = AutoPull("tiny", model_dir, "http://127.0.0.1:9/", full_catalogue(None))
     assert auto.start() is False and auto.wait(0) and auto.error is None
     assert auto.state().state == "installed"
+
+
+def test_models_pull_installs_a_model_of_the_catalogue_file(tmp_path: Path) -> None:
+    server, catalogue, data = publish_model(tmp_path)
+    try:
+        env = {
+            **os.environ,
+            "STEMIFY_MODEL_CATALOGUE": str(catalogue),
+            "STEMIFY_MODEL_BASE_URL": server.base_url,
+            "STEMIFY_MODEL_DIR": str(tmp_path / "models"),
+        }
+        done = subprocess.run(
+            [STEMIFY, "models", "pull", MODEL_NAME], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        assert installed_models(tmp_path / "models") == [MODEL_NAME]
+        assert [p.read_bytes() == data for p in (tmp_path / "models").glob("*.th")] == [True]
+        env["STEMIFY_MODEL_CATALOGUE"] = str(tmp_path / "missing.yaml")
+        done = subprocess.run(
+            [STEMIFY, "models", "pull", MODEL_NAME], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 1 and "STEMIFY_MODEL_CATALOGUE" in done.stderr
+    finally:
+        server.close()
+
+
+def test_a_delayed_message_counts_as_pending(redis_url: str, redis_prefix: str) -> None:
+    """The reconciler must not re-send a job whose message waits in Dramatiq's delay queue
+    (a worker without its model handed it on)."""
+    queue = RedisQueue(make_broker(redis_url, namespace=f"{redis_prefix}-dramatiq"))
+    try:
+        queue.enqueue("job-now")
+        queue.enqueue("job-later", delay_s=60)
+        assert queue.pending() == {"job-now", "job-later"}
+        assert queue.depth() == 2
+    finally:
+        queue.close()
+
+
+def test_a_delayed_local_message_arrives_later() -> None:
+    queue = LocalQueue()
+    queue.enqueue("later", delay_s=0.2)
+    assert queue.pending() == set()
+    assert queue.take(timeout=5) == "later"
