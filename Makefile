@@ -57,6 +57,7 @@ bench: setup
 	$(PY) bench/bench_edge.py --health
 	$(PY) bench/bench_links.py
 	$(PY) bench/bench_storage.py
+	$(PY) bench/bench_mix.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
