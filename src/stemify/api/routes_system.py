@@ -65,9 +65,9 @@ def _models_detail(services: Services) -> str:
     installed = [m.name for m in list_models(services.settings.model_dir) if m.installed]
     auto = services.auto_pull
     if auto is not None and auto.name not in installed:
+        if auto.error is not None:  # the download failed: the one error, with its reason
+            raise RuntimeError(auto.error)
         state = auto.state()
-        if state.state == "missing":
-            raise RuntimeError(state.reason)
         if state.state == "downloading":
             # Not a failure: jobs are accepted and wait for it (stage waiting_for_model).
             done = f" ({state.percent:g} %)" if state.percent is not None else ""
