@@ -767,6 +767,18 @@ def test_not_ready_without_models(make_api: MakeApi, tmp_path: Path) -> None:
     assert body["checks"]["store"]["ok"] is True
 
 
+def test_ready_with_another_model_than_the_missing_default(make_api: MakeApi) -> None:
+    """Only a failed download of the default model makes /ready fail; other installed models
+    still serve jobs that name them. /models says the default is missing and why."""
+    api = make_api(default_model="htdemucs")
+    response = api.client.get("/ready")
+    assert response.status_code == 200, response.text
+    assert "tiny" in response.json()["checks"]["models"]["detail"]
+    models = {m["name"]: m for m in api.client.get("/models").json()["models"]}
+    assert models["htdemucs"]["state"] == "missing"
+    assert "stemify models pull htdemucs" in models["htdemucs"]["reason"]
+
+
 def test_models(api: Api) -> None:
     api.services.models.get("tiny")
     body = api.client.get("/models").json()
