@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps run test lint format bench clean
+.PHONY: setup system-deps run test test-faults lint format bench clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -40,6 +40,11 @@ run: setup
 # [tool.coverage.*] sections of pyproject.toml); fails under their fail_under.
 test: setup
 	$(PY) -m pytest --cov --cov-report=term
+
+# The reliability suite alone (docs/reliability.md): databases stopped, Redis killed, disks
+# filled, workers OOM-killed. Needs root (cgroups, mounts) and PostgreSQL's binaries.
+test-faults: setup
+	$(PY) -m pytest -m faults
 
 lint: setup
 	$(VENV)/bin/ruff check src tests bench

@@ -79,6 +79,18 @@ class StorageError(StemifyError):
     code = "storage_error"
 
 
+class WorkerLostError(StemifyError):
+    """The job's worker stopped (killed, out of memory) as often as STEMIFY_MAX_ATTEMPTS allows."""
+
+    code = "worker_lost"
+
+    def __init__(self, losses: int) -> None:
+        super().__init__(
+            f"the worker processing this job stopped {losses} times; "
+            "the input may need more memory than a worker has"
+        )
+
+
 class DownloadError(StemifyError):
     """Fetching media from a link failed."""
 

@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     job_timeout_s: float = 4 * 3600.0
     heartbeat_interval_s: float = 2.0
     heartbeat_timeout_s: float = 30.0
+    # A job whose worker stopped beating this many times is failed (worker_lost), so an input
+    # that kills workers (out of memory, a decoder crash) does not take down one after another.
+    max_attempts: int = Field(default=3, ge=1)
     reconcile_interval_s: float = 15.0
     requeue_after_s: float = 30.0
     sweep_interval_s: float = 300.0

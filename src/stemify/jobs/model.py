@@ -109,4 +109,5 @@ class Job:
     heartbeat_at: datetime | None = None
     worker_id: str | None = None
     attempts: int = 0
+    worker_losses: int = 0  # times its worker stopped beating while running it
     cancel_requested: bool = False

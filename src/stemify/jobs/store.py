@@ -7,18 +7,19 @@ does not match the WHERE clause simply gets ``False``.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import and_, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from stemify.db.database import Database, FastQuery
 from stemify.db.schema import JobRow
+from stemify.errors import WorkerLostError
+from stemify.jobs.cursor import decode_cursor, encode_cursor
 from stemify.jobs.model import Job, JobSpec, JobStatus, Stage, StemFile
 
 
@@ -64,20 +65,6 @@ class QueueStats:
     queued: int
     running: int
     oldest_queued_age_s: float | None
-
-
-def _encode_cursor(job: Job) -> str:
-    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, job_id = raw.split("|", 1)
-        return datetime.fromisoformat(created), job_id
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError("invalid cursor") from exc
 
 
 _TABLE = JobRow.__table__
@@ -141,7 +128,7 @@ class JobStore:
         if status is not None:
             query = query.where(JobRow.status == status.value)
         if cursor:
-            created, job_id = _decode_cursor(cursor)
+            created, job_id = decode_cursor(cursor)
             query = query.where(
                 or_(
                     JobRow.created_at < created,
@@ -151,7 +138,7 @@ class JobStore:
         with self.db.session() as session:
             rows = session.scalars(query.limit(limit + 1)).all()
             jobs = [_to_job(row) for row in rows[:limit]]
-        next_cursor = _encode_cursor(jobs[-1]) if len(rows) > limit else None
+        next_cursor = encode_cursor(jobs[-1]) if len(rows) > limit else None
         return jobs, next_cursor
 
     def find_reusable(self, input_sha256: str, params_hash: str, now: datetime) -> Job | None:
@@ -172,25 +159,57 @@ class JobStore:
     # ---- the worker's side -----------------------------------------------------------------
 
     def claim(
-        self, job_id: str, worker_id: str, now: datetime, stale_before: datetime
+        self,
+        job_id: str,
+        worker_id: str,
+        now: datetime,
+        stale_before: datetime,
+        max_losses: int | None = None,
     ) -> Job | None:
-        """Take a queued job, or a running one whose worker stopped beating; None otherwise."""
-        claimable = or_(
-            JobRow.status == JobStatus.QUEUED.value,
-            and_(JobRow.status == JobStatus.RUNNING.value, JobRow.heartbeat_at < stale_before),
-        )
+        """Take a queued job, or a running one whose worker stopped beating (counted as a lost
+        worker) while fewer than ``max_losses`` were lost before; None otherwise."""
+        stale = and_(JobRow.status == JobStatus.RUNNING.value, JobRow.heartbeat_at < stale_before)
+        if max_losses is not None:
+            stale = and_(stale, JobRow.worker_losses + 1 < max_losses)
         claimed = self._update(
-            and_(JobRow.id == job_id, claimable, JobRow.cancel_requested.is_(False)),
+            and_(
+                JobRow.id == job_id,
+                or_(JobRow.status == JobStatus.QUEUED.value, stale),
+                JobRow.cancel_requested.is_(False),
+            ),
             status=JobStatus.RUNNING.value,
             worker_id=worker_id,
             heartbeat_at=now,
             started_at=func.coalesce(JobRow.started_at, now),
             attempts=JobRow.attempts + 1,
+            worker_losses=case(
+                (JobRow.status == JobStatus.RUNNING.value, JobRow.worker_losses + 1),
+                else_=JobRow.worker_losses,
+            ),
             stage=None,
             progress=0.0,
             eta_s=None,
         )
         return self.get(job_id) if claimed else None
+
+    def fail_lost(self, job: Job, stale_before: datetime, max_losses: int, now: datetime) -> bool:
+        """Fail ``job`` (running, its worker silent) if that worker is the ``max_losses``-th
+        it lost and nobody claimed it since it was read."""
+        losses = job.worker_losses + 1
+        error = WorkerLostError(losses)
+        return losses >= max_losses and self._update(
+            and_(
+                self._owned(job.id, job.worker_id or ""),
+                JobRow.heartbeat_at < stale_before,
+                JobRow.worker_losses == job.worker_losses,
+            ),
+            status=JobStatus.FAILED.value,
+            worker_losses=losses,
+            eta_s=None,
+            error_code=error.code,
+            error_message=error.message,
+            finished_at=now,
+        )
 
     def _owned(self, job_id: str, worker_id: str) -> Any:
         return and_(
@@ -341,7 +360,8 @@ class JobStore:
             return bool(result.rowcount)  # type: ignore[attr-defined]
 
     def retry(self, job_id: str, now: datetime) -> bool:
-        """A failed or canceled job goes back to the queue (operators: ``jobs retry``)."""
+        """A failed or canceled job goes back to the queue (operators: ``jobs retry``), its
+        count of lost workers reset."""
         return self._update(
             and_(
                 JobRow.id == job_id,
@@ -352,6 +372,7 @@ class JobStore:
             error_message=None,
             cancel_requested=False,
             worker_id=None,
+            worker_losses=0,  # on purpose: the operator gave it another chance
             stage=None,
             progress=0.0,
             finished_at=None,

@@ -6,9 +6,10 @@ import logging
 from datetime import datetime, timedelta
 
 from stemify.errors import StorageError
-from stemify.jobs.layout import job_prefix
+from stemify.jobs.layout import job_prefix, stems_prefix
 from stemify.jobs.model import JobStatus
 from stemify.services import Services
+from stemify.worker.scratch import remove_orphan_scratch
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ def reconcile(services: Services, now: datetime, *, at_start: bool = False) -> l
     ``requeue_after_s`` since they were last sent, so a message in flight is not doubled.
     Doubles would be harmless anyway: a claim succeeds once."""
     settings, store, queue = services.settings, services.store, services.queue
+    fail_poison_jobs(services, now)
     pending = queue.pending()
     cutoff = None if at_start else now - timedelta(seconds=settings.requeue_after_s)
     resend = [
@@ -35,6 +37,25 @@ def reconcile(services: Services, now: datetime, *, at_start: bool = False) -> l
     if resend or stale:
         log.warning("reconciler re-enqueued %d queued and %d stale jobs", len(resend), len(stale))
     return [*resend, *stale]
+
+
+def fail_poison_jobs(services: Services, now: datetime) -> list[str]:
+    """Fail the running jobs whose silent worker is the ``max_attempts``-th they lost: an input
+    that kills every worker taking it must not be handed to the next one."""
+    store, settings = services.store, services.settings
+    stale_before = now - timedelta(seconds=settings.heartbeat_timeout_s)
+    failed = []
+    for job_id in store.stale_running_ids(stale_before):
+        job = store.get(job_id)
+        if job is None or not store.fail_lost(job, stale_before, settings.max_attempts, now):
+            continue
+        failed.append(job_id)
+        log.error("job %s failed: its worker stopped %d times", job_id, job.worker_losses + 1)
+        services.storage.delete_prefix(stems_prefix(job_id))
+        final = store.get(job_id)
+        if final is not None:
+            services.jobs.finished(final)
+    return failed
 
 
 def sweep(services: Services, now: datetime) -> list[str]:
@@ -56,7 +77,10 @@ def clean_temp(services: Services) -> int:
     removed = services.storage.cleanup_temp(services.settings.temp_max_age_s)
     if removed:
         log.info("removed %d abandoned temp file(s) from storage", removed)
-    return removed
+    scratch = remove_orphan_scratch()
+    if scratch:
+        log.info("removed %d scratch dir(s) of workers that stopped", scratch)
+    return removed + scratch
 
 
 def cleanup(

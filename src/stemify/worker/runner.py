@@ -41,6 +41,7 @@ from stemify.observability.sentry import job_scope
 from stemify.services import Services
 from stemify.storage import local_file
 from stemify.worker.model_gate import model_ready
+from stemify.worker.scratch import scratch_prefix
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +88,12 @@ class JobRunner:
             return
         now = now_utc()
         stale_before = now - timedelta(seconds=settings.heartbeat_timeout_s)
-        job = store.claim(job_id, self.worker_id, now, stale_before)
+        job = store.claim(job_id, self.worker_id, now, stale_before, settings.max_attempts)
         if job is None:
             log.info(
-                "job %s is not claimable (finished, canceled or owned): message dropped", job_id
+                "job %s is not claimable (finished, canceled, owned, or its workers' losses at "
+                "STEMIFY_MAX_ATTEMPTS): message dropped",
+                job_id,
             )
             return
         log.info("job %s claimed by %s (attempt %d)", job_id, self.worker_id, job.attempts)
@@ -105,7 +108,7 @@ class JobRunner:
         )
         beat.start()
         try:
-            with tempfile.TemporaryDirectory(prefix=f"stemify-{job_id}-") as scratch:
+            with tempfile.TemporaryDirectory(prefix=scratch_prefix(job_id)) as scratch:
                 self._execute(job, Path(scratch), watch)
         except CanceledError:
             self._stopped(job, watch.reason or "canceled")
