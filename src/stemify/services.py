@@ -114,7 +114,7 @@ def build_storage(settings: Settings) -> Storage:
 def build_services(settings: Settings, metrics: Metrics | None = None) -> Services:
     queue, events = _transport(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database.from_url(settings.database)
+    db = Database.from_url(settings.database, settings.database_timeout_s)
     db.migrate()
     metrics = metrics or Metrics()
     secret = load_secret(settings)

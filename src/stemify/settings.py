@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None  # default: SQLite in data_dir
     redis_url: SecretStr | None = None  # unset: embedded mode (no queue server)
     storage_url: str | None = None  # default: data_dir/storage
+    # How long a request waits to connect to PostgreSQL or for a pooled connection before it
+    # is answered 503 (database_unavailable).
+    database_timeout_s: float = Field(default=5.0, gt=0)
     # s3://BUCKET/PREFIX storage: endpoint, region and credentials come from boto3's own
     # configuration (AWS_ENDPOINT_URL_S3, AWS_REGION, AWS_ACCESS_KEY_ID, ~/.aws/config, roles);
     # this is what boto3 has no variable for. auto: boto3's choice (or its config file's).

@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from stemify.db.retry import UNAVAILABLE
 from stemify.errors import (
     AudioLimitError,
     CanceledError,
@@ -110,6 +111,22 @@ async def _stemify_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(status, exc.code, exc.message)
 
 
+# Seconds a client is asked to wait while the database is away: a restart takes a few.
+DATABASE_RETRY_AFTER_S = 5
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # A warning: a restart makes many of these, and the reason is in /ready and the log.
+    first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, first)
+    return error_response(
+        503,
+        "database_unavailable",
+        "the job database is unavailable; try again in a few seconds",
+        {"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )
+
+
 def _location(loc: tuple[int | str, ...]) -> str:
     parts = [str(p) for p in loc]
     if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
@@ -148,4 +165,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StemifyError, _stemify_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for error in UNAVAILABLE:
+        app.add_exception_handler(error, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected)

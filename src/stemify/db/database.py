@@ -19,7 +19,7 @@ _PG_MIGRATION_LOCK = 7274001
 _SQLITE_POOL = 40
 
 
-def _engine(url: str) -> Engine:
+def _engine(url: str, connect_timeout_s: float) -> Engine:
     if url.startswith("sqlite"):
         # A pool as large as the request thread pool (anyio's 40): a smaller one opens and closes
         # a connection (and runs the pragmas) for every request beyond it under load.
@@ -39,7 +39,16 @@ def _engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    # pre-ping: connections pooled before a database restart are replaced, not handed out dead.
+    # The timeouts bound how long a request waits for an unreachable server or a full pool.
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        pool_timeout=connect_timeout_s,
+        connect_args={"connect_timeout": max(1, round(connect_timeout_s))},
+    )
 
 
 class Database:
@@ -48,8 +57,8 @@ class Database:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
-    def from_url(cls, url: str) -> Database:
-        return cls(_engine(url))
+    def from_url(cls, url: str, connect_timeout_s: float = 5.0) -> Database:
+        return cls(_engine(url, connect_timeout_s))
 
     @property
     def dialect(self) -> str:

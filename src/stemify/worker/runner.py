@@ -12,16 +12,18 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from stemify.audio import probe
 from stemify.audio.limits import media_limits
 from stemify.clock import now_utc
+from stemify.db.retry import call_retrying
 from stemify.egress.fetch import FetchLimits, fetch_url
 from stemify.engine import CancelToken, Progress, separate_file
 from stemify.errors import (
@@ -48,6 +50,7 @@ log = logging.getLogger(__name__)
 StopReason = Literal["canceled", "timeout", "shutdown", "lost"]
 STORAGE_FAILED = "storage unavailable while the job ran; it can be retried"
 CALLER_ERRORS = (InvalidAudioError, AudioLimitError, InvalidOptionError, DownloadError)
+T = TypeVar("T")
 
 
 def sha256_of(path: Path) -> str:
@@ -77,6 +80,12 @@ class JobRunner:
         self.worker_id = worker_id
         self.shutdown = shutdown
 
+    def _retry(self, what: str, call: Callable[[], T]) -> T:
+        """A store call retried through a database restart, for as long as the job stays this
+        worker's without a heartbeat; after that another worker may own it (and the ownership
+        checks of the store refuse this one's writes anyway)."""
+        return call_retrying(call, self.services.settings.heartbeat_timeout_s, what)
+
     def run(self, job_id: str) -> None:
         """Run the job; every log line and error report on the way carries its id."""
         with bound(job_id=job_id), job_scope(job_id):
@@ -88,7 +97,10 @@ class JobRunner:
             return
         now = now_utc()
         stale_before = now - timedelta(seconds=settings.heartbeat_timeout_s)
-        job = store.claim(job_id, self.worker_id, now, stale_before, settings.max_attempts)
+        job = self._retry(
+            "claim",
+            lambda: store.claim(job_id, self.worker_id, now, stale_before, settings.max_attempts),
+        )
         if job is None:
             log.info(
                 "job %s is not claimable (finished, canceled, owned, or its workers' losses at "
@@ -119,15 +131,22 @@ class JobRunner:
             log.log(level, "job %s failed: %s: %s", job_id, exc.code, exc.message)
             # A storage error names the bucket, endpoint or paths: for the log, not the caller.
             message = STORAGE_FAILED if isinstance(exc, StorageError) else exc.message
-            store.fail(job_id, self.worker_id, code=exc.code, message=message, now=now_utc())
+            code, now = exc.code, now_utc()
+            self._retry(
+                "fail",
+                lambda: store.fail(job_id, self.worker_id, code=code, message=message, now=now),
+            )
         except Exception:
             log.exception("job %s: unexpected error", job_id)
-            store.fail(
-                job_id,
-                self.worker_id,
-                code="internal_error",
-                message="an internal error occurred; the job can be retried",
-                now=now_utc(),
+            self._retry(
+                "fail",
+                lambda: store.fail(
+                    job_id,
+                    self.worker_id,
+                    code="internal_error",
+                    message="an internal error occurred; the job can be retried",
+                    now=now_utc(),
+                ),
             )
         finally:
             beating.set()
@@ -137,7 +156,7 @@ class JobRunner:
     def _close(self, job_id: str) -> None:
         """Clean up after the run, and close out the job if this runner ended it (a job handed
         back or taken over is closed out by whoever ends it)."""
-        final = self.services.store.get(job_id)
+        final = self._retry("read", lambda: self.services.store.get(job_id))
         if final is None:  # deleted while running: leave no orphan files behind
             self._remove(job_prefix(job_id))
             return
@@ -159,17 +178,17 @@ class JobRunner:
     def _stopped(self, job: Job, reason: StopReason) -> None:
         store, now = self.services.store, now_utc()
         if reason == "shutdown":
-            if store.release(job.id, self.worker_id, now):
+            if self._retry("release", lambda: store.release(job.id, self.worker_id, now)):
                 self.services.queue.enqueue(job.id)
                 log.info("job %s handed back to the queue (shutdown)", job.id)
         elif reason == "timeout":
             limit = format_duration(self.services.settings.job_timeout_s)
-            store.fail(
+            self._retry("fail", lambda: store.fail(
                 job.id, self.worker_id, code="timeout",
                 message=f"the job took longer than the {limit} limit", now=now,
-            )  # fmt: skip
+            ))  # fmt: skip
         elif reason == "canceled":
-            store.mark_canceled(job.id, self.worker_id, now)
+            self._retry("cancel", lambda: store.mark_canceled(job.id, self.worker_id, now))
         # "lost": another worker owns the job now; write nothing.
 
     def _heartbeat(self, job: Job, watch: _Watch, done: threading.Event) -> None:
@@ -224,7 +243,10 @@ class JobRunner:
         )
         seconds.update(result.stage_seconds)
 
-        store.set_progress(job.id, self.worker_id, Stage.STORING, 99.0, None)
+        self._retry(
+            "progress",
+            lambda: store.set_progress(job.id, self.worker_id, Stage.STORING, 99.0, None),
+        )
         started = time.monotonic()
         stems = {
             name: StemFile(
@@ -236,15 +258,19 @@ class JobRunner:
         }
         seconds["storing"] = time.monotonic() - started
         now = now_utc()
-        if not store.succeed(
-            job.id,
-            self.worker_id,
-            stems=stems,
-            quality=result.quality.to_dict(),
-            stage_seconds=seconds,
-            now=now,
-            expires_at=now + timedelta(hours=settings.result_ttl_hours),
-        ):
+        succeeded = self._retry(
+            "succeed",
+            lambda: store.succeed(
+                job.id,
+                self.worker_id,
+                stems=stems,
+                quality=result.quality.to_dict(),
+                stage_seconds=seconds,
+                now=now,
+                expires_at=now + timedelta(hours=settings.result_ttl_hours),
+            ),
+        )
+        if not succeeded:
             raise CanceledError("the job was canceled or taken over while storing")
 
     def _download(self, job: Job, scratch: Path, watch: _Watch) -> Job:
@@ -270,13 +296,13 @@ class JobRunner:
         key = input_key(job.id)
         digest = sha256_of(fetched.path)
         size = services.storage.put_file(key, fetched.path, move=True)
-        first = services.store.set_input(
+        first = self._retry("input", lambda: services.store.set_input(
             job.id, key=key, sha256=digest, size=size, duration_s=info.duration_s,
             fmt=info.codec, name=fetched.title,
-        )  # fmt: skip
+        ))  # fmt: skip
         if first:  # the owner's daily minutes, once per job however often it is fetched
             services.usage.charge(job.owner, now_utc().date(), info.duration_s)
-        updated = services.store.get(job.id)
+        updated = self._retry("read", lambda: services.store.get(job.id))
         assert updated is not None
         return updated
 
