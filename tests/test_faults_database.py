@@ -109,12 +109,14 @@ def test_postgres_restart_under_load(
                 time.sleep(0.5)
             during = len(load.answers)
             pg.start()
+            restarted = time.monotonic()
 
             # The same processes serve again without a restart.
             deadline = time.monotonic() + 30
             while api.get("/ready").status_code != 200 and time.monotonic() < deadline:
                 time.sleep(0.5)
             assert api.get("/ready").status_code == 200, cluster.logs()
+            ready_after = time.monotonic() - restarted
             time.sleep(2)
             load.stop.set()
             thread.join(60)
@@ -151,5 +153,10 @@ def test_postgres_restart_under_load(
             assert stored == set(rows)
             assert leftovers(tmp_path / "shared-storage") == []
             assert "database unavailable" in cluster.logs()
+            refused = sum(1 for a in load.answers if a[1] == 503)
+            slowest = max(a[2] for a in load.answers)
+            print(f"postgres down {OUTAGE_S:g} s; ready {ready_after:.1f} s after the restart; "
+                  f"{len(load.answers)} load requests, {refused} answered 503, slowest "
+                  f"{slowest:.2f} s; {len(rows)} jobs all succeeded once")  # fmt: skip
         finally:
             cluster.stop()

@@ -91,6 +91,12 @@ class WorkerLostError(StemifyError):
         )
 
 
+class QueueUnavailableError(StemifyError):
+    """The queue (Redis) cannot be reached; a stored job waits for the reconciler."""
+
+    code = "queue_unavailable"
+
+
 class DownloadError(StemifyError):
     """Fetching media from a link failed."""
 

@@ -158,3 +158,50 @@ def private_postgres() -> Iterator[PrivatePostgres]:
                     server.stop("immediate")
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+# ---- a private Redis that can be killed and restarted empty -----------------------------------
+
+
+class PrivateRedis:
+    """``redis-server`` on a port of its own, without persistence: a restart comes back empty."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            ping = subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True)
+            if ping.returncode == 0 and b"PONG" in ping.stdout:
+                return
+            time.sleep(0.05)
+        raise AssertionError("redis-server did not start")
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+
+    def dbsize(self) -> int:
+        out = subprocess.run(["redis-cli", "-p", str(self.port), "dbsize"], capture_output=True,
+                             text=True, check=True)  # fmt: skip
+        return int(out.stdout)
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[PrivateRedis]:
+    server = PrivateRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None and server.process.poll() is None:
+            server.kill()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
@@ -70,7 +71,14 @@ class LocalEventBus:
                     self._watches.pop(job_id, None)
 
 
+# While Redis is away a waiter polls the store at this pace (it is told "changed" each time).
+_OUTAGE_POLL_S = 1.0
+
+
 class _RedisWatch:
+    """Waits on pub/sub; while Redis is unreachable, says "changed" once a poll interval, so
+    the stream keeps going from the store (redis-py subscribes again once Redis is back)."""
+
     def __init__(self, pubsub: Any) -> None:
         self._pubsub = pubsub
 
@@ -79,6 +87,13 @@ class _RedisWatch:
         return message is not None and message.get("type") == "message"
 
     def wait(self, timeout: float) -> bool:
+        try:
+            return self._wait(timeout)
+        except redis.RedisError:
+            time.sleep(min(timeout, _OUTAGE_POLL_S))
+            return True
+
+    def _wait(self, timeout: float) -> bool:
         if not self._message(timeout):
             return False
         for _ in range(_DRAIN):
@@ -105,8 +120,10 @@ class RedisEventBus:
     @contextmanager
     def watch(self, job_id: str) -> Iterator[_RedisWatch]:
         pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
-        pubsub.subscribe(self._channel(job_id))
+        with contextlib.suppress(redis.RedisError):  # away: the watch polls until it is back
+            pubsub.subscribe(self._channel(job_id))
         try:
             yield _RedisWatch(pubsub)
         finally:
-            pubsub.close()
+            with contextlib.suppress(redis.RedisError):
+                pubsub.close()

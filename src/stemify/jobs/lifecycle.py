@@ -17,7 +17,7 @@ from pathlib import PurePosixPath
 from stemify.clock import now_utc
 from stemify.egress.urlguard import URLPolicy
 from stemify.egress.webhooks import deliver_guarded
-from stemify.errors import StemifyError, StorageError
+from stemify.errors import QueueUnavailableError, StemifyError, StorageError
 from stemify.jobs.events import EventBus
 from stemify.jobs.layout import stem_key, stems_prefix
 from stemify.jobs.links import DownloadLinks
@@ -91,7 +91,11 @@ class JobLifecycle:
         if done is not None:
             self.finished(done, background=True)
             return done
-        self.queue.enqueue(job.id)
+        try:
+            self.queue.enqueue(job.id)
+        except QueueUnavailableError as exc:
+            # Stored is accepted: the reconciler sends it once the queue is back.
+            log.warning("job %s stays queued unsent: %s", job.id, exc.message)
         return stored
 
     def complete_from_cache(self, job: Job) -> Job | None:

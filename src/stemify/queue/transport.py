@@ -12,8 +12,12 @@ import threading
 from typing import Protocol
 
 import dramatiq
+import dramatiq.errors
+import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.common import dq_name
+
+from stemify.errors import QueueUnavailableError
 
 QUEUE_NAME = "stemify-jobs"
 ACTOR_NAME = "stemify_run_job"
@@ -102,7 +106,8 @@ class RedisQueue:
 
     def enqueue(self, job_id: str, delay_s: float = 0.0) -> None:
         """``delay_s``: Dramatiq's delay queue holds the message that long (a job handed on by a
-        worker that lacks its model must not bounce between such workers at full speed)."""
+        worker that lacks its model must not bounce between such workers at full speed).
+        Raises QueueUnavailableError when Redis cannot be reached."""
         message: dramatiq.Message[None] = dramatiq.Message(
             queue_name=QUEUE_NAME,
             actor_name=ACTOR_NAME,
@@ -110,7 +115,10 @@ class RedisQueue:
             kwargs={},
             options={},
         )
-        self.broker.enqueue(message, delay=int(delay_s * 1000) if delay_s > 0 else None)
+        try:
+            self.broker.enqueue(message, delay=int(delay_s * 1000) if delay_s > 0 else None)
+        except (redis.RedisError, dramatiq.errors.ConnectionError) as exc:
+            raise QueueUnavailableError(f"the queue is unreachable: {type(exc).__name__}") from exc
 
     def _messages(self) -> list[bytes | str]:
         # Delayed messages too: the reconciler must not send a second one for such a job.
