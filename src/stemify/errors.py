@@ -3,6 +3,8 @@ so the command line prints one line and the HTTP API maps it to one JSON error s
 
 from __future__ import annotations
 
+import errno
+
 
 class StemifyError(Exception):
     """Base of every error stemify raises on purpose."""
@@ -95,6 +97,23 @@ class QueueUnavailableError(StemifyError):
     """The queue (Redis) cannot be reached; a stored job waits for the reconciler."""
 
     code = "queue_unavailable"
+
+
+class StorageFullError(StorageError):
+    """The disk (or quota) under the storage or the scratch space is full."""
+
+    code = "storage_full"
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def storage_error(action: str, error: OSError) -> StorageError:
+    """The typed error of a failed storage operation: ``action`` says what ("cannot write
+    KEY"); a full disk is told apart, since it is an operator's to fix and the API's 507."""
+    if error.errno in _FULL:
+        return StorageFullError(f"{action}: no space left on the storage")
+    return StorageError(f"{action}: {error}")
 
 
 class DownloadError(StemifyError):

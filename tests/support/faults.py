@@ -205,3 +205,37 @@ def private_redis() -> Iterator[PrivateRedis]:
     finally:
         if server.process is not None and server.process.poll() is None:
             server.kill()
+
+
+# ---- a small filesystem of the test's own -------------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size_mb: int) -> Iterator[Path]:
+    """A tmpfs of ``size_mb`` mounted at ``path`` (needs root), unmounted at the end."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if mounted.returncode != 0:
+        raise AssertionError(f"cannot mount a tmpfs (root needed): {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(path: Path, leave_mb: float) -> Path:
+    """A filler file taking all but ``leave_mb`` of the filesystem holding ``path``."""
+    stat = os.statvfs(path)
+    free = stat.f_bavail * stat.f_frsize
+    filler = path / "filler"
+    with filler.open("wb") as out:
+        out.truncate(0)
+        remaining = free - int(leave_mb * (1 << 20))
+        block = b"\0" * (1 << 20)
+        while remaining > 0:  # written, not sparse: tmpfs counts pages written
+            out.write(block[: min(len(block), remaining)])
+            remaining -= len(block)
+    return filler

@@ -21,6 +21,7 @@ from stemify.errors import (
     NotFoundError,
     StemifyError,
     StorageError,
+    StorageFullError,
     UploadTooLargeError,
 )
 
@@ -36,6 +37,7 @@ _STATUS: dict[type[StemifyError], int] = {
     NotFoundError: 404,
     UploadTooLargeError: 413,
     CanceledError: 409,
+    StorageFullError: 507,
     StorageError: 503,
 }
 
@@ -97,6 +99,11 @@ async def _api_error(_: Request, exc: Exception) -> JSONResponse:
 async def _stemify_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StemifyError)
     status = status_of(exc)
+    if isinstance(exc, StorageFullError):
+        log.error("storage full on %s %s: %s", request.method, request.url.path, exc.message)
+        return error_response(
+            status, exc.code, "the server has no space left to store this; try again later"
+        )
     if isinstance(exc, StorageError):
         # Its message names paths and OS errors: for the log, not for the caller.
         log.error("storage error on %s %s: %s", request.method, request.url.path, exc.message)

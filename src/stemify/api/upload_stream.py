@@ -24,7 +24,7 @@ from starlette.requests import ClientDisconnect
 
 from stemify.api.errors import ApiError
 from stemify.api.job_form import FILE_FIELD, TEXT_FIELDS
-from stemify.errors import StorageError, UploadTooLargeError
+from stemify.errors import UploadTooLargeError, storage_error
 from stemify.storage import Storage
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ class _UploadSink:
                 self._file.write(data)
                 self._hash.update(data)
         except OSError as exc:  # a full disk: the storage's error, not an internal one
-            raise StorageError(f"cannot write {self.key}: {exc}") from exc
+            raise storage_error(f"cannot write {self.key}", exc) from exc
         self.pending.clear()
         self.pending_bytes = 0
 

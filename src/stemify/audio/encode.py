@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stemify.audio.probe import ffmpeg_error_line, missing_tool_error
-from stemify.errors import EncodeError, InvalidOptionError
+from stemify.errors import EncodeError, InvalidOptionError, StorageFullError
 
 ClipMode = Literal["rescale", "clamp", "none"]
 Container = Literal["wav", "flac", "mp3"]
@@ -90,7 +90,8 @@ class StemWriter:
 
     ``write`` blocks, ``finish`` to complete the hidden temporary file, ``commit`` to rename it
     into place; ``abort`` (or leaving a ``with`` block by an exception) removes every temporary
-    file. Any failure raises :class:`EncodeError` and cleans up the same way.
+    file. Any failure raises :class:`EncodeError` (:class:`StorageFullError` on a full disk)
+    and cleans up the same way.
 
     Clipping follows ``demucs.audio.prevent_clip``. "rescale" needs the peak of the whole stem
     before the first sample is encoded, so the blocks are spooled as raw float32 to a hidden
@@ -280,11 +281,13 @@ class StemWriter:
             self._stderr.close()
             self._stderr = None
 
-    def _failed(self, reason: str | None = None) -> EncodeError:
+    def _failed(self, reason: str | None = None) -> EncodeError | StorageFullError:
         """Clean up everything and describe the failure, by default from ffmpeg's stderr."""
         if reason is None:
             reason = self._encoder_reason()
         self.abort()
+        if "No space left on device" in reason:  # ffmpeg's words or the OS's (the spool)
+            return StorageFullError(f"could not write {self.final_path.name}: no space left")
         return EncodeError(f"could not write {self.final_path.name}: {reason}")
 
     def _encoder_reason(self) -> str:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from stemify.errors import NotFoundError, StorageError
+from stemify.errors import NotFoundError, StorageError, storage_error
 from stemify.storage.base import RESERVED_SEGMENT, check_key, check_prefix
 
 _COPY_CHUNK = 1 << 20
@@ -54,9 +54,9 @@ class LocalStorage:
         except FileNotFoundError as e:
             if not source.exists():
                 raise StorageError(f"cannot store {key}: {source} does not exist") from e
-            raise StorageError(f"cannot store {key}: {e}") from e
+            raise storage_error(f"cannot store {key}", e) from e
         except OSError as e:
-            raise StorageError(f"cannot store {key}: {e}") from e
+            raise storage_error(f"cannot store {key}", e) from e
 
     def copy(self, source: str, target: str) -> int:
         origin = self._path(source)
@@ -80,7 +80,7 @@ class LocalStorage:
         try:
             fd, temp_name = tempfile.mkstemp(dir=self.temp_dir, suffix=".part")
         except OSError as e:
-            raise StorageError(f"cannot write {key}: {e}") from e
+            raise storage_error(f"cannot write {key}", e) from e
         temp = Path(temp_name)
         out = os.fdopen(fd, "wb")
         try:
@@ -100,7 +100,7 @@ class LocalStorage:
         except OSError as e:
             out.close()
             temp.unlink(missing_ok=True)
-            raise StorageError(f"cannot write {key}: {e}") from e
+            raise storage_error(f"cannot write {key}", e) from e
 
     def open(self, key: str) -> BinaryIO:
         path = self._path(key)
