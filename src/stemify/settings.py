@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     # ---- service: limits and behaviour
     auth: Literal["required", "off"] | None = None  # None: off only for `serve` on loopback
     max_upload_mb: int = 500
+    # An upload that sends no byte for this long is cut off (408 upload_timeout) and removed.
+    upload_idle_timeout_s: float = Field(default=60.0, gt=0)
     max_duration_s: float = 7200.0
 
     # ---- web page (stemify.web)

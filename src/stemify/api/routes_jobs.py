@@ -195,8 +195,9 @@ async def submit(
         await run_in_threadpool(check_early, fields)
 
     submission = await read_submission(
-        request, services.storage, input_key(job_id), settings.max_upload_mb, on_file_start
-    )
+        request, services.storage, input_key(job_id), settings.max_upload_mb, on_file_start,
+        settings.upload_idle_timeout_s,
+    )  # fmt: skip
     try:
         stored = await run_in_threadpool(
             _accept, services, submission, job_id, caller, idempotency_key

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractContextManager, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
@@ -214,9 +214,26 @@ def _content_length(request: Request) -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
-async def _read_small(request: Request, limit: int) -> bytes:
+async def _idle_limited(request: Request, idle_s: float) -> AsyncIterator[bytes]:
+    """The body's chunks; a client that sends nothing for ``idle_s`` is cut off (408), so a
+    stalled or trickling upload does not hold a connection, a thread and a temp file forever."""
+    chunks = request.stream().__aiter__()
+    while True:
+        with anyio.move_on_after(idle_s) as waiting:
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                return
+        if waiting.cancelled_caught:
+            raise ApiError(
+                408, "upload_timeout", f"the upload sent nothing for {idle_s:g} s and was stopped"
+            )
+        yield chunk
+
+
+async def _read_small(chunks: AsyncIterator[bytes], limit: int) -> bytes:
     body = bytearray()
-    async for chunk in request.stream():
+    async for chunk in chunks:
         body += chunk
         if len(body) > limit:
             raise ApiError(413, "too_large", f"a form without a file is limited to {limit} bytes")
@@ -229,6 +246,7 @@ async def read_submission(
     input_key: str,
     limit_mb: int,
     on_file_start: FileStartHook,
+    idle_timeout_s: float = 60.0,
 ) -> Submission:
     """Read the submission form. The file part is stored under ``input_key``; if anything
     fails, nothing is left in storage. ``on_file_start`` sees the fields sent before the file,
@@ -238,9 +256,10 @@ async def read_submission(
     if length is not None and length > body_limit:
         raise too_large(limit_mb)
     content_type, params = parse_options_header(request.headers.get("content-type"))
+    chunks = _idle_limited(request, idle_timeout_s)
     try:
         if content_type == b"application/x-www-form-urlencoded":
-            body = await _read_small(request, FORM_OVERHEAD)
+            body = await _read_small(chunks, FORM_OVERHEAD)
             try:
                 pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=32)
             except (UnicodeDecodeError, ValueError):
@@ -253,7 +272,7 @@ async def read_submission(
                 raise ApiError(422, "invalid_request", f"unknown form field {unknown[0]!r}")
             return Submission(fields=fields)
         if content_type != b"multipart/form-data":
-            if not content_type and not await _read_small(request, FORM_OVERHEAD):
+            if not content_type and not await _read_small(chunks, FORM_OVERHEAD):
                 return Submission()  # no body at all: "neither file nor url", said by the caller
             raise ApiError(
                 400, "bad_request", "send the job as a multipart/form-data form (file or url)"
@@ -262,14 +281,14 @@ async def read_submission(
         if not boundary:
             raise ApiError(400, "bad_request", "the multipart form has no boundary")
         return await _read_multipart(
-            request, storage, input_key, limit_mb, body_limit, boundary, on_file_start
+            chunks, storage, input_key, limit_mb, body_limit, boundary, on_file_start
         )
     except ClientDisconnect:
         raise ApiError(400, "bad_request", "the upload was interrupted") from None
 
 
 async def _read_multipart(
-    request: Request,
+    chunks: AsyncIterator[bytes],
     storage: Storage,
     input_key: str,
     limit_mb: int,
@@ -283,7 +302,7 @@ async def _read_multipart(
     received = 0
     checked = False
     try:
-        async for chunk in request.stream():
+        async for chunk in chunks:
             received += len(chunk)
             if received > body_limit:
                 raise too_large(limit_mb)
