@@ -7,6 +7,7 @@ pre-pinged), the running job finishes once, and every accepted job succeeds."""
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy
-from support.faults import leftovers, private_postgres
+from support.faults import leftovers, noise_files, private_postgres
 from support.processes import Cluster, client, redis_server, submit, wait_for
 from test_service_distributed import distributed_env
 
@@ -39,7 +40,7 @@ class Load:
     """A client submitting a short job and polling the running one, over and over."""
 
     api: httpx.Client
-    song: Path
+    songs: list[Path]  # distinct: identical ones would be answered from the dedup cache
     watched: str
     accepted: list[str] = field(default_factory=list)
     answers: list[tuple[str, int, float, dict[str, Any], str | None]] = field(default_factory=list)
@@ -57,11 +58,13 @@ class Load:
         return response
 
     def run(self) -> None:
-        files = {"file": (self.song.name, self.song.read_bytes())}
-        while not self.stop.is_set():
-            response = self._record(
-                "submit", lambda: self.api.post("/jobs", files=files, data={"shifts": "0"})
-            )
+        for song in self.songs:
+            if self.stop.is_set():
+                return
+            response = self._record("submit", functools.partial(
+                self.api.post, "/jobs", files={"file": (song.name, song.read_bytes())},
+                data={"shifts": "0"},
+            ))  # fmt: skip
             if response is not None and response.status_code == 202:
                 self.accepted.append(response.json()["id"])
             self._record("poll", lambda: self.api.get(f"/jobs/{self.watched}"))
@@ -93,7 +96,8 @@ def test_postgres_restart_under_load(
             api = client(cluster.base)
             long = submit(api, make_audio("long.wav", seconds=20.0), shifts="2")
             wait_for(api, long["id"], lambda j: j["status"] == "running", timeout=120)
-            load = Load(client(cluster.base), make_audio("short.wav", seconds=1.0), long["id"])
+            (tmp_path / "in").mkdir()
+            load = Load(client(cluster.base), noise_files(tmp_path / "in", 100), long["id"])
             thread = threading.Thread(target=load.run, daemon=True)
             thread.start()
             time.sleep(2)

@@ -26,8 +26,8 @@ def test_disk_full_upload_and_stems(model_dir: Path, tmp_path: Path, make_audio:
         scratch.mkdir()
         env = embedded_env(small, model_dir, {
             "TMPDIR": str(scratch),
-            # Prometheus' multiprocess files are memory-mapped: on a full tmpfs a page they
-            # grow into cannot be allocated (SIGBUS), so they live elsewhere in this test.
+            # Prometheus' multiprocess files are memory-mapped, and a mapping that cannot get a
+            # page on a full filesystem may kill the process (SIGBUS; not what is tested here).
             "STEMIFY_METRICS_DIR": str(tmp_path / "metrics"),
         })  # fmt: skip
         cluster = Cluster(tmp_path, env)

@@ -9,15 +9,13 @@ import json
 import os
 import threading
 import time
-import wave
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import sqlalchemy
-from support.faults import leftovers
+from support.faults import leftovers, noise_files
 from support.processes import Cluster, client, redis_server, submit, wait_for
 from test_service_distributed import distributed_env
 
@@ -25,22 +23,6 @@ pytestmark = pytest.mark.faults
 
 JOBS = 100
 SOAK_S = 60.0
-
-
-def songs(directory: Path, count: int, seconds: float = 1.0) -> list[Path]:
-    """Distinct noise files (identical ones would be answered from the dedup cache)."""
-    rng = np.random.default_rng(15)
-    paths = []
-    for i in range(count):
-        samples = (rng.standard_normal((int(44100 * seconds), 2)) * 3000).astype("<i2")
-        path = directory / f"noise{i}.wav"
-        with wave.open(str(path), "wb") as out:
-            out.setnchannels(2)
-            out.setsampwidth(2)
-            out.setframerate(44100)
-            out.writeframes(samples.tobytes())
-        paths.append(path)
-    return paths
 
 
 def usage(pid: int) -> tuple[int, int]:
@@ -66,7 +48,7 @@ def test_hundred_concurrent_submissions_then_a_soak(
     model_dir: Path, tmp_path: Path, postgres_url: str
 ) -> None:
     (tmp_path / "in").mkdir()
-    inputs = songs(tmp_path / "in", JOBS + 60)
+    inputs = noise_files(tmp_path / "in", JOBS + 60)
     with redis_server() as redis_url:
         env = distributed_env(tmp_path, model_dir, postgres_url, redis_url, "load")
         env["STEMIFY_HEARTBEAT_TIMEOUT_S"] = "60"  # a loaded 2-core machine: no false deaths

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy
-from support.faults import leftovers, private_redis
+from support.faults import leftovers, noise_files, private_redis
 from support.processes import Cluster, client, submit, wait_for
 from test_service_distributed import distributed_env
 
@@ -49,8 +49,10 @@ def test_redis_killed_and_restarted_empty_mid_burst(
             events: list[dict[str, Any]] = []
             sse = threading.Thread(target=follow, args=(client(cluster.base), long["id"], events))
             sse.start()
-            song = make_audio("short.wav", seconds=1.0)
-            before = [submit(api, song, shifts="0") for _ in range(6)]
+            # Distinct files: identical ones would be answered from the dedup cache.
+            (tmp_path / "in").mkdir()
+            songs = iter(noise_files(tmp_path / "in", 40))
+            before = [submit(api, next(songs), shifts="0") for _ in range(6)]
             assert redis.dbsize() > 0
             assert api.get(f"/jobs/{long['id']}").json()["status"] == "running"
 
@@ -58,14 +60,14 @@ def test_redis_killed_and_restarted_empty_mid_burst(
             killed = time.monotonic()
             during = []
             while time.monotonic() - killed < OUTAGE_S:
-                during.append(submit(api, song, shifts="0"))  # stored: 202, sent later
+                during.append(submit(api, next(songs), shifts="0"))  # 202: stored, sent later
                 assert api.get(f"/jobs/{long['id']}").status_code == 200
                 time.sleep(0.5)
             assert api.get("/ready").status_code == 503
             assert api.get("/health").status_code == 200
             redis.start()  # empty: every message it held is gone
             restarted = time.monotonic()
-            after = [submit(api, song, shifts="0") for _ in range(3)]
+            after = [submit(api, next(songs), shifts="0") for _ in range(3)]
 
             jobs = [long, *before, *during, *after]
             finals = [wait_for(api, j["id"], timeout=300) for j in jobs]

@@ -10,11 +10,30 @@ import shutil
 import subprocess
 import time
 import uuid
+import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from support.processes import Cluster, Process, free_port
+
+
+def noise_files(directory: Path, count: int, seconds: float = 1.0) -> list[Path]:
+    """Distinct noise files (identical ones would be answered from the dedup cache)."""
+    rng = np.random.default_rng(15)
+    paths = []
+    for i in range(count):
+        samples = (rng.standard_normal((int(44100 * seconds), 2)) * 3000).astype("<i2")
+        path = directory / f"noise{i}.wav"
+        with wave.open(str(path), "wb") as out:
+            out.setnchannels(2)
+            out.setsampwidth(2)
+            out.setframerate(44100)
+            out.writeframes(samples.tobytes())
+        paths.append(path)
+    return paths
 
 
 @dataclass
