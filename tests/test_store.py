@@ -12,7 +12,8 @@ from sqlalchemy import bindparam, select
 from stemify.db.database import Database, FastQuery
 from stemify.db.schema import JobRow
 from stemify.jobs.model import Job, JobSpec, JobStatus, Stage, StemFile
-from stemify.jobs.store import JobStore, _to_job
+from stemify.jobs.rows import to_job
+from stemify.jobs.store import JobStore
 from stemify.keys.store import KeyStore, hash_key
 from stemify.queue.registry import WorkerRegistry
 
@@ -60,7 +61,7 @@ def test_the_fast_read_equals_the_orm_read(store: JobStore) -> None:
         stage_seconds={"separating": 95.3}, expires_at=T0 + timedelta(days=7),
     )  # fmt: skip
     with store.db.session() as session:
-        orm = _to_job(session.get(JobRow, job.id))
+        orm = to_job(session.get(JobRow, job.id))
     fast = store.get(job.id)
     assert fast == orm and fast.stems == stems and fast.expires_at == T0 + timedelta(days=7)
     assert fast.quality == {"mixture_snr_db": 41.7} and fast.progress == orm.progress

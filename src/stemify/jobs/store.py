@@ -7,57 +7,19 @@ does not match the WHERE clause simply gets ``False``.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, delete, func, or_, select, update
+from sqlalchemy import and_, case, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from stemify.db.database import Database, FastQuery
 from stemify.db.schema import JobRow
 from stemify.errors import WorkerLostError
 from stemify.jobs.cursor import decode_cursor, encode_cursor
-from stemify.jobs.model import Job, JobSpec, JobStatus, Stage, StemFile
-
-
-def _stems_json(stems: dict[str, StemFile]) -> dict[str, Any]:
-    return {name: {"key": s.key, "size": s.size} for name, s in stems.items()}
-
-
-def _stems_of(data: dict[str, Any] | None) -> dict[str, StemFile]:
-    return {name: StemFile(name, s["key"], s["size"]) for name, s in (data or {}).items()}
-
-
-# The one mapping between the Job dataclass and its row: every Job field is a column of the
-# same name, converted by (to the row, from the row) where the types differ.
-_CONVERTERS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
-    "owner": (lambda owner: owner or "", lambda owner: owner or None),
-    "status": (lambda status: status.value, JobStatus),
-    "stage": (lambda stage: stage.value if stage else None, lambda v: Stage(v) if v else None),
-    "spec": (lambda spec: spec.to_dict(), JobSpec.from_dict),
-    "stems": (_stems_json, _stems_of),
-    "stage_seconds": (dict, lambda value: dict(value or {})),
-}
-_SAME = (lambda value: value, lambda value: value)
-_FIELDS = [field.name for field in dataclasses.fields(Job)]
-
-
-def _row_values(job: Job) -> dict[str, Any]:
-    return {name: _CONVERTERS.get(name, _SAME)[0](getattr(job, name)) for name in _FIELDS}
-
-
-_FROM_ROW = [(name, _CONVERTERS.get(name, _SAME)[1]) for name in _FIELDS]
-
-
-def _job_of(values: dict[str, Any]) -> Job:
-    return Job(**{name: convert(values[name]) for name, convert in _FROM_ROW})
-
-
-def _to_job(row: JobRow) -> Job:
-    return _job_of({name: getattr(row, name) for name in _FIELDS})
+from stemify.jobs.model import Job, JobStatus, Stage, StemFile
+from stemify.jobs.rows import BY_ID, job_of, row_values, stems_json, to_job
 
 
 @dataclass(frozen=True)
@@ -67,14 +29,10 @@ class QueueStats:
     oldest_queued_age_s: float | None
 
 
-_TABLE = JobRow.__table__
-_BY_ID = select(*(_TABLE.c[name] for name in _FIELDS)).where(_TABLE.c.id == bindparam("job_id"))
-
-
 class JobStore:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._by_id = FastQuery(db.engine, _BY_ID)  # status polling
+        self._by_id = FastQuery(db.engine, BY_ID)  # status polling
 
     def _update(self, where: Any, **values: Any) -> bool:
         with self.db.session() as session:
@@ -87,7 +45,7 @@ class JobStore:
         """Insert ``job``; with an idempotency key already used by its owner, return that job
         instead. The flag says whether ``job`` was created."""
         row = JobRow(
-            **_row_values(job), params_hash=job.spec.params_hash(), enqueued_at=job.created_at
+            **row_values(job), params_hash=job.spec.params_hash(), enqueued_at=job.created_at
         )
         try:
             with self.db.session() as session:
@@ -103,14 +61,14 @@ class JobStore:
 
     def get(self, job_id: str) -> Job | None:
         values = self._by_id.first(job_id=job_id)
-        return _job_of(values) if values else None
+        return job_of(values) if values else None
 
     def find_idempotent(self, owner: str | None, key: str) -> Job | None:
         with self.db.session() as session:
             row = session.scalars(
                 select(JobRow).where(JobRow.owner == (owner or ""), JobRow.idempotency_key == key)
             ).first()
-            return _to_job(row) if row else None
+            return to_job(row) if row else None
 
     def list_jobs(
         self,
@@ -137,7 +95,7 @@ class JobStore:
             )
         with self.db.session() as session:
             rows = session.scalars(query.limit(limit + 1)).all()
-            jobs = [_to_job(row) for row in rows[:limit]]
+            jobs = [to_job(row) for row in rows[:limit]]
         next_cursor = encode_cursor(jobs[-1]) if len(rows) > limit else None
         return jobs, next_cursor
 
@@ -154,7 +112,7 @@ class JobStore:
                 )
                 .order_by(JobRow.finished_at.desc())
             ).first()
-            return _to_job(row) if row else None
+            return to_job(row) if row else None
 
     # ---- the worker's side -----------------------------------------------------------------
 
@@ -294,7 +252,7 @@ class JobStore:
             stage=None,
             progress=100.0,
             eta_s=None,
-            stems=_stems_json(stems),
+            stems=stems_json(stems),
             quality=quality,
             stage_seconds=stage_seconds,
             finished_at=now,
@@ -421,7 +379,7 @@ class JobStore:
                     JobRow.status != JobStatus.EXPIRED.value,
                 )
             ).all()
-            return [_to_job(row) for row in rows]
+            return [to_job(row) for row in rows]
 
     def mark_expired(self, job_id: str) -> bool:
         return self._update(
