@@ -1,7 +1,8 @@
 """Stalled uploads: 30 clients start an upload (headers and 1.5 MB of the file, so a partial
 file exists in storage) and then send nothing. Each is cut off after
 STEMIFY_UPLOAD_IDLE_TIMEOUT_S with 408 in the one error shape and its partial file removed;
-meanwhile a normal client submits and polls a job to its end."""
+meanwhile a normal client submits and polls a job to its end. A trickling upload (a few bytes
+now and then, never idle for long) is cut off by the minimum rate."""
 
 from __future__ import annotations
 
@@ -91,5 +92,40 @@ def test_stalled_uploads_are_cut_off_and_do_not_block_others(
         assert leftovers(storage, scratch) == []
         print(f"{STALLED} stalled uploads cut off with 408 within {cut_after:.1f} s "
               f"(idle limit {IDLE_S:g} s); a normal job succeeded meanwhile")  # fmt: skip
+    finally:
+        cluster.stop()
+
+
+def test_a_trickling_upload_is_cut_off_by_the_minimum_rate(model_dir: Path, tmp_path: Path) -> None:
+    env = embedded_env(
+        tmp_path, model_dir,
+        {"STEMIFY_UPLOAD_IDLE_TIMEOUT_S": str(IDLE_S), "STEMIFY_UPLOAD_MIN_RATE_KIB_S": "4"},
+    )  # fmt: skip
+    cluster = Cluster(tmp_path, env)
+    try:
+        cluster.serve()
+        sock = stall(cluster.base)  # 1.5 MB at once, then a trickle: 200 bytes every 0.5 s
+        started = time.monotonic()
+        sock.settimeout(0.5)
+        reply = b""
+        while not reply and time.monotonic() - started < 4 * IDLE_S:
+            try:
+                sock.sendall(b"\0" * 200)
+                reply = sock.recv(1, socket.MSG_PEEK)
+            except TimeoutError:
+                continue
+            except OSError:  # the server closed its side after answering
+                break
+        sock.settimeout(30)
+        status, body = answer(sock)
+        sock.close()
+        assert status == 408, body
+        error = body["error"]
+        assert isinstance(error, dict) and error["code"] == "upload_timeout"
+        assert "slower than the 4 KiB/s required" in str(error["message"])
+        assert time.monotonic() - started < 3 * IDLE_S
+        storage = tmp_path / "data" / "storage"
+        assert client(cluster.base).get("/jobs").json()["jobs"] == []
+        assert leftovers(storage) == []
     finally:
         cluster.stop()

@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     max_upload_mb: int = 500
     # An upload that sends no byte for this long is cut off (408 upload_timeout) and removed.
     upload_idle_timeout_s: float = Field(default=60.0, gt=0)
+    # ... and one that sends less than this, measured over each idle-timeout window (a trickle
+    # of a byte now and then); 0: no minimum. 4 KiB/s is a 500 MB upload in 36 hours.
+    upload_min_rate_kib_s: int = Field(default=4, ge=0)
     max_duration_s: float = 7200.0
 
     # ---- web page (stemify.web)

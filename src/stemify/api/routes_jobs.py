@@ -196,7 +196,7 @@ async def submit(
 
     submission = await read_submission(
         request, services.storage, input_key(job_id), settings.max_upload_mb, on_file_start,
-        settings.upload_idle_timeout_s,
+        settings.upload_idle_timeout_s, settings.upload_min_rate_kib_s,
     )  # fmt: skip
     try:
         stored = await run_in_threadpool(

@@ -214,10 +214,12 @@ def _content_length(request: Request) -> int | None:
     return int(value) if value and value.isdigit() else None
 
 
-async def _idle_limited(request: Request, idle_s: float) -> AsyncIterator[bytes]:
-    """The body's chunks; a client that sends nothing for ``idle_s`` is cut off (408), so a
-    stalled or trickling upload does not hold a connection, a thread and a temp file forever."""
+async def _paced(request: Request, idle_s: float, min_rate: int) -> AsyncIterator[bytes]:
+    """The body's chunks; a client that sends nothing for ``idle_s`` (stalled), or less than
+    ``min_rate`` bytes a second over ``idle_s`` (trickling), is cut off with 408, so neither
+    holds a connection and a temp file for ever. ``min_rate`` 0: no rate check."""
     chunks = request.stream().__aiter__()
+    window_start, window_bytes = anyio.current_time(), 0
     while True:
         with anyio.move_on_after(idle_s) as waiting:
             try:
@@ -228,6 +230,17 @@ async def _idle_limited(request: Request, idle_s: float) -> AsyncIterator[bytes]
             raise ApiError(
                 408, "upload_timeout", f"the upload sent nothing for {idle_s:g} s and was stopped"
             )
+        window_bytes += len(chunk)
+        elapsed = anyio.current_time() - window_start
+        if elapsed >= idle_s:
+            if window_bytes < min_rate * elapsed:
+                raise ApiError(
+                    408,
+                    "upload_timeout",
+                    f"the upload sent {window_bytes} bytes in {elapsed:.0f} s, slower than the "
+                    f"{min_rate >> 10} KiB/s required, and was stopped",
+                )
+            window_start, window_bytes = anyio.current_time(), 0
         yield chunk
 
 
@@ -247,6 +260,7 @@ async def read_submission(
     limit_mb: int,
     on_file_start: FileStartHook,
     idle_timeout_s: float = 60.0,
+    min_rate_kib_s: int = 0,
 ) -> Submission:
     """Read the submission form. The file part is stored under ``input_key``; if anything
     fails, nothing is left in storage. ``on_file_start`` sees the fields sent before the file,
@@ -256,7 +270,7 @@ async def read_submission(
     if length is not None and length > body_limit:
         raise too_large(limit_mb)
     content_type, params = parse_options_header(request.headers.get("content-type"))
-    chunks = _idle_limited(request, idle_timeout_s)
+    chunks = _paced(request, idle_timeout_s, min_rate_kib_s << 10)
     try:
         if content_type == b"application/x-www-form-urlencoded":
             body = await _read_small(chunks, FORM_OVERHEAD)
