@@ -153,6 +153,7 @@ def child_env(variant: Variant) -> dict[str, str]:
             STEMIFY_MODEL_DIR=str(variant.data / "models"),
             STEMIFY_AUTH="off",
             STEMIFY_LOG_FORMAT="json",  # what a service writes to its journal
+            STEMIFY_AUTO_PULL="0",  # no model is needed to read a job (and nothing leaves loopback)
         )
     env.update(variant.env)
     return env
