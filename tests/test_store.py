@@ -7,7 +7,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import bindparam, select
+from sqlalchemy import Column, MetaData, String, Table, bindparam, func, select
+from sqlalchemy.exc import DBAPIError
 
 from stemify.db.database import Database, FastQuery
 from stemify.db.schema import JobRow
@@ -71,6 +72,18 @@ def test_a_fast_query_refuses_parameters_that_need_conversion(db: Database) -> N
     by_time = select(JobRow.__table__.c.id).where(JobRow.__table__.c.created_at > bindparam("t"))
     with pytest.raises(ValueError, match="'t' needs conversion"):
         FastQuery(db.engine, by_time)
+
+
+def test_a_fast_query_raises_sqlalchemys_errors(db: Database) -> None:
+    """The API maps SQLAlchemy's OperationalError to 503: a driver's own error would be a 500."""
+    missing = Table("no_such_table", MetaData(), Column("id", String))
+    query = FastQuery(db.engine, select(missing.c.id).where(missing.c.id == bindparam("i")))
+    with pytest.raises(DBAPIError) as raised:
+        query.first(i="x")
+    assert "no_such_table" in str(raised.value.orig)
+    # The pool still serves the next read.
+    counted = FastQuery(db.engine, select(func.count().label("n")).select_from(JobRow.__table__))
+    assert isinstance((counted.first() or {})["n"], int)
 
 
 def test_only_one_worker_claims(store: JobStore) -> None:

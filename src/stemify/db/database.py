@@ -12,6 +12,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, Select, create_engine, event, make_url, text
+from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -133,12 +134,25 @@ class FastQuery:
             for column, described in zip(self._columns, description, strict=True)
         ]
 
+    def _wrapped(self, error: Exception, lost: bool) -> StatementError:
+        """The driver's error as SQLAlchemy's own execution raises it (OperationalError when the
+        server is away: the API's 503, the workers' retry), as raw DBAPI calls do not."""
+        dialect = self._engine.dialect
+        return DBAPIError.instance(
+            self._sql, None, error, dialect.loaded_dbapi.Error,
+            connection_invalidated=lost, dialect=dialect,
+        )  # fmt: skip
+
     def first(self, **params: Any) -> dict[str, Any] | None:
         """The first row as {column: value}, or None."""
         values = self._compiled.construct_params(params)
         positions = self._compiled.positiontup
         arguments: Any = values if positions is None else [values[name] for name in positions]
-        connection = self._engine.raw_connection()
+        dialect = self._engine.dialect
+        try:
+            connection = self._engine.raw_connection()
+        except dialect.loaded_dbapi.Error as exc:  # the server is away: no connection at all
+            raise self._wrapped(exc, dialect.is_disconnect(exc, None, None)) from exc
         try:
             cursor = connection.cursor()
             try:
@@ -148,6 +162,12 @@ class FastQuery:
                     self._decoders = self._decoders_for(cursor.description)
             finally:
                 cursor.close()
+        except dialect.loaded_dbapi.Error as exc:
+            # A connection the server dropped leaves the pool instead of failing the next read.
+            lost = dialect.is_disconnect(exc, connection.dbapi_connection, None)
+            if lost:
+                connection.invalidate(exc)
+            raise self._wrapped(exc, lost) from exc
         finally:
             connection.close()  # back to the pool, which rolls back what is open
         if row is None:

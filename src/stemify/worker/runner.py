@@ -34,6 +34,7 @@ from stemify.errors import (
     InvalidOptionError,
     StemifyError,
     StorageError,
+    StorageFullError,
 )
 from stemify.formatting import check_duration, format_duration
 from stemify.jobs.layout import input_key, job_prefix, stem_key, stems_prefix
@@ -129,8 +130,10 @@ class JobRunner:
             # storage, a missing tool) is the operator's, logged as an error (and so reported).
             level = logging.INFO if isinstance(exc, CALLER_ERRORS) else logging.ERROR
             log.log(level, "job %s failed: %s: %s", job_id, exc.code, exc.message)
-            # A storage error names the bucket, endpoint or paths: for the log, not the caller.
-            message = STORAGE_FAILED if isinstance(exc, StorageError) else exc.message
+            # A storage error names the bucket, endpoint or paths: for the log, not the caller
+            # (a full disk's message names only the stem that did not fit: it is kept).
+            hidden = isinstance(exc, StorageError) and not isinstance(exc, StorageFullError)
+            message = STORAGE_FAILED if hidden else exc.message
             code, now = exc.code, now_utc()
             self._retry(
                 "fail",
