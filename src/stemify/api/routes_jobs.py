@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -18,7 +17,13 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from stemify.api.auth import Caller, CallerDep, ServicesDep, SubmitterDep, visible_job
+from stemify.api.auth import (
+    Caller,
+    CallerDep,
+    ServicesDep,
+    SubmitterDep,
+    visible_job,
+)
 from stemify.api.errors import ApiError
 from stemify.api.job_form import (
     FORM_SCHEMA,
@@ -31,7 +36,7 @@ from stemify.api.job_form import (
 from stemify.api.quotas import check_audio, check_running
 from stemify.api.schemas import JobListOut, JobOut
 from stemify.api.upload_stream import Submission, display_name, read_submission
-from stemify.audio import AudioInfo, probe
+from stemify.audio import AudioInfo, probe, probe_url
 from stemify.audio.limits import MediaLimits, media_limits
 from stemify.clock import now_utc
 from stemify.errors import AudioLimitError, InvalidAudioError
@@ -41,7 +46,7 @@ from stemify.jobs.model import Job, JobStatus
 from stemify.jobs.render import job_to_dict
 from stemify.models import ModelStatus
 from stemify.services import Services
-from stemify.storage import Storage, local_file
+from stemify.storage import Storage
 
 router = APIRouter(tags=["jobs"])
 
@@ -94,8 +99,22 @@ def _probe_upload(path: Path, limits: MediaLimits) -> AudioInfo:
 
 
 def _probe_stored(storage: Storage, key: str, limits: MediaLimits) -> AudioInfo:
-    with tempfile.TemporaryDirectory(prefix="stemify-probe-") as scratch:
-        info = _probe_upload(local_file(storage, key, Path(scratch)), limits)
+    path = storage.local_path(key)
+    if path is not None:
+        info = _probe_upload(path, limits)
+    else:
+        # An object store: ffprobe reads the object by ranges through a short-lived link (a
+        # packet count reads it all, but streamed), so the upload never lands on this disk.
+        lifetime = math.ceil(2 * limits.probe_timeout_s) + 60
+        url = storage.read_url(key, lifetime)
+        assert url is not None, "a backend without local paths serves read URLs"
+        info = probe_url(
+            url,
+            name="the uploaded file",
+            head=b"".join(storage.read_range(key, 0, 16)),
+            size=storage.size(key),
+            limits=limits,
+        )
     check_duration(info.duration_s, limits.max_duration_s or math.inf, "the uploaded file")
     return info
 

@@ -2,7 +2,7 @@
 
 from stemify.audio.decode import Resampler, decode_blocks, decode_checked, soxr_available
 from stemify.audio.encode import ClipMode, OutputFormat, StemWriter
-from stemify.audio.probe import AudioInfo, probe
+from stemify.audio.probe import AudioInfo, probe, probe_url
 
 __all__ = [
     "AudioInfo",
@@ -13,5 +13,6 @@ __all__ = [
     "decode_blocks",
     "decode_checked",
     "probe",
+    "probe_url",
     "soxr_available",
 ]

@@ -76,9 +76,16 @@ DEMUXERS = (
 )  # fmt: skip
 
 
-def input_options() -> list[str]:
-    """ffprobe/ffmpeg input options: local files only, in the formats above only."""
-    return ["-protocol_whitelist", "file", "-format_whitelist", ",".join(DEMUXERS)]
+# What ffprobe needs to read an object of the storage by HTTP ranges (a presigned URL the
+# service made itself): no other protocol a hostile file could name (the demuxers above open
+# no further inputs).
+REMOTE_PROTOCOLS = ("http", "https", "tcp", "tls")
+
+
+def input_options(protocols: tuple[str, ...] = ("file",)) -> list[str]:
+    """ffprobe/ffmpeg input options: local files only (unless told otherwise), in the formats
+    above only."""
+    return ["-protocol_whitelist", ",".join(protocols), "-format_whitelist", ",".join(DEMUXERS)]
 
 
 def limited(cmd: list[str], limits: MediaLimits, missing: ToolMissingError) -> list[str]:

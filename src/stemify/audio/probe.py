@@ -12,11 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stemify.audio.limits import DEFAULT_LIMITS, MediaLimits, input_options, limited
-from stemify.errors import AudioLimitError, InvalidAudioError, ToolMissingError
+from stemify.audio.limits import (
+    DEFAULT_LIMITS,
+    REMOTE_PROTOCOLS,
+    MediaLimits,
+    input_options,
+    limited,
+)
+from stemify.errors import AudioLimitError, InvalidAudioError, StorageError, ToolMissingError
 
 # ffmpeg prefixes messages with "[flac @ 0x55d1c0ffee00] "; the address means nothing to a user.
 _COMPONENT_PREFIX = re.compile(r"^\[[^\]]* @ 0x[0-9a-fA-F]+\]\s*")
+# Lines of ffmpeg's network layers: reading a stored object failed, not the object itself.
+_TRANSPORT_LINE = re.compile(r"^\[(?:https?|tcp|tls) @ 0x[0-9a-fA-F]+\]\s*(.+)$", re.MULTILINE)
 # The only warning we look for: it marks durations guessed from the first frame's bitrate, which
 # can be wildly wrong (a VBR mp3 without a Xing header and a quiet intro: 13 s guessed for 6 s).
 _ESTIMATED_DURATION = "Estimating duration from bitrate"
@@ -80,25 +88,52 @@ def check_input_file(path: Path) -> None:
         raise InvalidAudioError(f"{path.name} is not a file")
 
 
+@dataclass(frozen=True)
+class _Input:
+    """What ffprobe opens (a path or URL), how messages name it, and what it may use."""
+
+    target: str
+    name: str
+    protocols: tuple[str, ...] = ("file",)
+
+
 def probe(path: Path, *, limits: MediaLimits = DEFAULT_LIMITS) -> AudioInfo:
     """The file's facts, or InvalidAudioError (not media; the content decides, never the
     name) or AudioLimitError (channels or sample rate outside ``limits``)."""
     check_input_file(path)
-    unreadable = f"{path.name} is not an audio or video file ffmpeg can read"
-    if path.stat().st_size == 0:
-        raise InvalidAudioError(f"{unreadable} (the file is empty)")
     with path.open("rb") as file:
-        head = file.read(16).lstrip(b"\xef\xbb\xbf \t\r\n")
-    kind = next((name for magic, name in _NOT_MEDIA if head.startswith(magic)), None)
+        head = file.read(16)
+    return _probe(_Input(str(path), path.name), head, path.stat().st_size, limits)
+
+
+def probe_url(
+    url: str, *, name: str, head: bytes, size: int, limits: MediaLimits = DEFAULT_LIMITS
+) -> AudioInfo:
+    """:func:`probe` of an object that ffprobe reads by HTTP ranges from ``url`` (a presigned
+    link of the storage), so it never needs a local copy; ``head`` is its first 16 bytes and
+    ``size`` its length, and messages call it ``name``."""
+    return _probe(_Input(url, name, REMOTE_PROTOCOLS), head, size, limits)
+
+
+def _probe(source: _Input, head: bytes, size: int, limits: MediaLimits) -> AudioInfo:
+    name = source.name
+    unreadable = f"{name} is not an audio or video file ffmpeg can read"
+    if size == 0:
+        raise InvalidAudioError(f"{unreadable} (the file is empty)")
+    head = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    kind = next((what for magic, what in _NOT_MEDIA if head.startswith(magic)), None)
     if kind is not None:
-        raise InvalidAudioError(f"{path.name} is {kind}, not an audio or video file")
+        raise InvalidAudioError(f"{name} is {kind}, not an audio or video file")
 
     # -v warning rather than error: the one warning we need is _ESTIMATED_DURATION.
-    cmd = ["ffprobe", *input_options(), "-v", "warning", "-print_format", "json"]
+    cmd = ["ffprobe", *input_options(source.protocols), "-v", "warning", "-print_format", "json"]
     cmd += ["-show_format", "-show_streams"]
-    result = _run(cmd, path, limits)
+    result = _run(cmd, source, limits)
     if result.returncode != 0:
-        raise InvalidAudioError(_limit_hit(result, path, limits) or unreadable)
+        transport = _TRANSPORT_LINE.search(result.stderr) if source.protocols != ("file",) else None
+        if transport is not None:
+            raise StorageError(f"the storage could not be read: {transport[1].strip()}")
+        raise InvalidAudioError(_limit_hit(result, name, limits) or unreadable)
     try:
         report = json.loads(result.stdout)
     except json.JSONDecodeError:
@@ -113,14 +148,14 @@ def probe(path: Path, *, limits: MediaLimits = DEFAULT_LIMITS) -> AudioInfo:
         raise InvalidAudioError(f"{unreadable} (its content matches no known format)")
     audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
     if audio is None:
-        raise InvalidAudioError(f"{path.name} has no audio stream")
+        raise InvalidAudioError(f"{name} has no audio stream")
 
     codec = str(audio.get("codec_name") or "unknown")
     channels = _positive_int(audio.get("channels"))
     samplerate = _positive_int(audio.get("sample_rate"))
     if channels is None or samplerate is None:
-        raise InvalidAudioError(f"{path.name} has an audio stream ffmpeg cannot decode ({codec})")
-    check_bounds(path.name, channels, samplerate, limits)
+        raise InvalidAudioError(f"{name} has an audio stream ffmpeg cannot decode ({codec})")
+    check_bounds(name, channels, samplerate, limits)
 
     duration = None
     if _ESTIMATED_DURATION not in result.stderr:
@@ -133,9 +168,9 @@ def probe(path: Path, *, limits: MediaLimits = DEFAULT_LIMITS) -> AudioInfo:
     if duration is None:
         # Piped FLAC, browser-recorded WebM and bitrate-guessed mp3s have no trustworthy
         # duration; reading every packet header (no decoding) gives the exact one.
-        duration = _duration_from_packets(path, limits)
+        duration = _duration_from_packets(source, limits)
     if duration is None or duration <= 0.0:
-        raise InvalidAudioError(f"{path.name} contains no audio samples")
+        raise InvalidAudioError(f"{name} contains no audio samples")
 
     return AudioInfo(
         duration_s=duration,
@@ -168,22 +203,22 @@ def limit_hit(returncode: int, stderr: str, tool: str, limits: MediaLimits) -> s
 
 
 def _limit_hit(
-    result: subprocess.CompletedProcess[str], path: Path, limits: MediaLimits
+    result: subprocess.CompletedProcess[str], name: str, limits: MediaLimits
 ) -> str | None:
     hit = limit_hit(result.returncode, result.stderr, "ffprobe", limits)
-    return f"{path.name} could not be read: {hit}" if hit else None
+    return f"{name} could not be read: {hit}" if hit else None
 
 
 def _hz(rate: int) -> str:
     return f"{rate / 1000:g} kHz" if rate >= 1000 else f"{rate} Hz"
 
 
-def _run(cmd: list[str], path: Path, limits: MediaLimits) -> subprocess.CompletedProcess[str]:
+def _run(cmd: list[str], source: _Input, limits: MediaLimits) -> subprocess.CompletedProcess[str]:
     command = limited(cmd, limits, missing_tool_error("ffprobe"))
     timeout_s = limits.probe_timeout_s
     try:
         return subprocess.run(
-            [*command, str(path)],
+            [*command, source.target],
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -195,14 +230,14 @@ def _run(cmd: list[str], path: Path, limits: MediaLimits) -> subprocess.Complete
         raise missing_tool_error("ffprobe") from None
     except subprocess.TimeoutExpired:
         raise InvalidAudioError(
-            f"{path.name} could not be read: ffprobe gave up after {timeout_s:g} s"
+            f"{source.name} could not be read: ffprobe gave up after {timeout_s:g} s"
         ) from None
 
 
-def _duration_from_packets(path: Path, limits: MediaLimits) -> float | None:
+def _duration_from_packets(source: _Input, limits: MediaLimits) -> float | None:
     cmd = [
         "ffprobe",
-        *input_options(),
+        *input_options(source.protocols),
         "-v",
         "error",
         "-select_streams",
@@ -212,7 +247,7 @@ def _duration_from_packets(path: Path, limits: MediaLimits) -> float | None:
         "-of",
         "csv=p=0",
     ]
-    result = _run(cmd, path, limits)
+    result = _run(cmd, source, limits)
     if result.returncode != 0:
         return None
     first: float | None = None

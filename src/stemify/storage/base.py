@@ -51,6 +51,12 @@ class Storage(Protocol):
         engine can read in place); None for remote backends."""
         ...
 
+    def read_url(self, key: str, lifetime_s: int) -> str | None:
+        """An HTTP URL from which a local tool (ffprobe) reads the existing object ``key`` by
+        ranges for ``lifetime_s`` seconds, for remote backends; None when ``local_path`` has
+        the object in place."""
+        ...
+
     def usage(self) -> tuple[int, int] | None:
         """``(free_bytes, total_bytes)`` of the backing volume, or None when unknown."""
         ...

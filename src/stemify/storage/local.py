@@ -161,6 +161,9 @@ class LocalStorage:
             raise NotFoundError(f"{key} does not exist")
         return path
 
+    def read_url(self, key: str, lifetime_s: int) -> str | None:
+        return None
+
     def usage(self) -> tuple[int, int] | None:
         try:
             du = shutil.disk_usage(self.root)

@@ -282,6 +282,17 @@ class S3Storage:
         self._name(key)
         return None
 
+    def read_url(self, key: str, lifetime_s: int) -> str | None:
+        """A presigned GET of ``key`` (computed locally); S3 answers its Range requests."""
+        name = self._name(key)
+        try:
+            url: str = self.client.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": name}, ExpiresIn=lifetime_s
+            )
+        except (BotoCoreError, ValueError) as e:  # no credentials, for one
+            raise self._error("sign a link to", name, e) from None
+        return url
+
     def usage(self) -> tuple[int, int] | None:
         return None
 
