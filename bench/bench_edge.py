@@ -227,7 +227,9 @@ def wrk(url: str, args: argparse.Namespace, pid: int) -> dict[str, float]:
     out = run.stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    latency = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", out, re.M))
+    latency = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)[ \t]*$", out, re.M))
+    if "99" not in latency:
+        raise SystemExit(f"wrk printed no latency distribution:\n{out}\n{run.stderr}")
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
     return {

@@ -19,6 +19,7 @@ from stemify.errors import ConfigurationError
 from stemify.jobs.events import EventBus, LocalEventBus, RedisEventBus
 from stemify.jobs.lifecycle import JobLifecycle, Webhooks
 from stemify.jobs.links import DownloadLinks, build_links
+from stemify.jobs.recent import RecentJobs
 from stemify.jobs.store import JobStore
 from stemify.keys.store import KeyStore
 from stemify.keys.usage import UsageLedger
@@ -48,6 +49,7 @@ class Services:
     links: DownloadLinks
     url_policy: URLPolicy
     jobs: JobLifecycle
+    recent: RecentJobs
     # Embedded `serve` fetching the default model at start (STEMIFY_AUTO_PULL); else None.
     auto_pull: AutoPull | None = None
 
@@ -124,6 +126,7 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
     storage = build_storage(settings)
     links = build_links(settings, storage, secret)
     store, usage = JobStore(db), UsageLedger(db)
+    recent = RecentJobs(store, settings.job_cache_s)
     result_ttl = timedelta(hours=settings.result_ttl_hours)
     webhooks = Webhooks(
         secret=secret,
@@ -151,7 +154,10 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
         metrics=metrics,
         links=links,
         url_policy=policy,
-        jobs=JobLifecycle(store, usage, storage, queue, events, metrics, webhooks, result_ttl),
+        jobs=JobLifecycle(
+            store, usage, storage, queue, events, metrics, webhooks, result_ttl, recent
+        ),
+        recent=recent,
         auto_pull=_auto_pull(settings),
     )
 

@@ -160,6 +160,9 @@ class Settings(BaseSettings):
     daily_audio_minutes: float = Field(default=1440.0, ge=0)
     # With auth off, limit each client address too (off: auth-off is one local user).
     limit_anonymous: bool = False
+    # A job read for a status poll is answered from memory this long (0: every poll reads the
+    # store); this process's own changes show at once, other processes' within this time.
+    job_cache_s: float = Field(default=0.5, ge=0, le=10)
     # Lifetime of signed stem and zip links (never beyond the job's own expiry).
     signed_url_ttl_s: float = 6 * 3600.0
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)

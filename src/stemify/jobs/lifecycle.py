@@ -22,6 +22,7 @@ from stemify.jobs.events import EventBus
 from stemify.jobs.layout import stem_key, stems_prefix
 from stemify.jobs.links import DownloadLinks
 from stemify.jobs.model import Job, JobStatus, StemFile
+from stemify.jobs.recent import RecentJobs
 from stemify.jobs.render import job_to_dict
 from stemify.jobs.store import JobStore
 from stemify.keys.usage import UsageLedger
@@ -73,6 +74,8 @@ class JobLifecycle:
     metrics: Metrics
     webhooks: Webhooks
     result_ttl: timedelta
+    # The API's status-poll cache, told of every change this process makes.
+    recent: RecentJobs | None = None
 
     def submit(self, job: Job) -> Job:
         """Store a new job; complete it at once from the dedup cache or put it on the queue.
@@ -136,6 +139,8 @@ class JobLifecycle:
         return self.store.get(job.id)
 
     def changed(self, job_id: str) -> None:
+        if self.recent is not None:
+            self.recent.forget(job_id)  # before the event: a woken reader must not get it
         self.events.changed(job_id)
 
     def finished(self, job: Job, *, background: bool = False) -> None:
