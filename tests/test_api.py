@@ -741,9 +741,10 @@ def test_ready(api: Api) -> None:
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "ready"
-    assert set(body["checks"]) == {"store", "queue", "storage", "models"}
+    assert set(body["checks"]) == {"store", "queue", "storage", "models", "workers"}
     assert all(check["ok"] for check in body["checks"].values())
     assert "tiny" in body["checks"]["models"]["detail"]
+    assert body["checks"]["workers"]["detail"] == "1 alive, running 0 job(s)"
     assert body["queue"]["depth"] == 2
     assert body["queue"]["running"] == 0
     assert body["queue"]["oldest_queued_age_s"] >= 0

@@ -141,6 +141,20 @@ class Settings(BaseSettings):
     # the maintenance loop. Must exceed the longest pause of a live upload (it writes each MB).
     temp_max_age_s: float = Field(default=3600.0, gt=0)
     shutdown_grace_s: float = 30.0
+    # `stemify worker --autoscale MIN:MAX` (docs/operations/autoscaling.md): children are added
+    # at once when jobs wait beyond their slots by more than autoscale_up_backlog (or one has
+    # waited autoscale_up_wait_s), at most autoscale_max_step per tick; idle children go only
+    # autoscale_cooldown_s after the last arrival, keeping autoscale_down_spare free slots.
+    autoscale_cooldown_s: float = Field(default=120.0, ge=0)
+    autoscale_up_backlog: int = Field(default=0, ge=0)
+    autoscale_up_wait_s: float = Field(default=60.0, ge=0)
+    autoscale_down_spare: int = Field(default=0, ge=0)
+    autoscale_tick_s: float = Field(default=2.0, gt=0)
+    autoscale_max_step: int = Field(default=2, ge=1)
+    # A child that exits within autoscale_stable_s of its start is restarted after a delay that
+    # doubles from autoscale_backoff_s with each such crash, up to 64 times that.
+    autoscale_backoff_s: float = Field(default=1.0, gt=0)
+    autoscale_stable_s: float = Field(default=60.0, gt=0)
     download_timeout_s: float = 300.0
     download_retries: int = 3
     webhook_attempts: int = 5

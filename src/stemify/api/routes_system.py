@@ -169,6 +169,9 @@ async def ready(services: ServicesDep) -> JSONResponse:
     if checks["store"]["ok"]:
         queue, workers = await _queue_status(services)
     ok = all(check["ok"] for check in checks.values())
+    # Never a failure: with workers scaled to zero (KEDA, --autoscale 0:N) the API still takes
+    # jobs, which wait in the queue until a worker starts.
+    checks["workers"] = {"ok": True, "detail": _workers_detail(queue, workers)}
     body = {
         "status": "ready" if ok else "not_ready",
         "checks": checks,
@@ -177,3 +180,11 @@ async def ready(services: ServicesDep) -> JSONResponse:
         "workers": workers,
     }
     return JSONResponse(body, status_code=200 if ok else 503)
+
+
+def _workers_detail(queue: dict[str, Any] | None, workers: list[dict[str, Any]]) -> str:
+    if queue is None:
+        return "unknown (the store did not answer)"
+    if not workers:
+        return "no workers: jobs are accepted and wait in the queue until one starts"
+    return f"{len(workers)} alive, running {sum(w['running'] for w in workers)} job(s)"

@@ -45,3 +45,7 @@ def _setting_problem(error: ErrorDetails) -> str:
     name = f"STEMIFY_{str(loc[0]).upper()}" if loc else "a setting"
     # The value itself is not repeated: it may be a secret (a URL with a password).
     return f"invalid {name}: {error['msg']}"
+
+
+if __name__ == "__main__":  # the autoscaler starts its children with `python -m stemify.cli.main`
+    main()

@@ -86,26 +86,77 @@ def serve(host: str, port: int) -> None:
 
 @click.command()
 @click.option("--concurrency", type=int, help="Jobs at once (default: STEMIFY_WORKER_CONCURRENCY).")
-def worker(concurrency: int | None) -> None:
+@click.option(
+    "--autoscale",
+    metavar="MIN:MAX",
+    help="Run MIN to MAX worker processes, by queue depth (docs/operations/autoscaling.md).",
+)
+@click.option("--threads", type=click.IntRange(min=1), help="Cores this worker may use (torch).")
+def worker(concurrency: int | None, autoscale: str | None, threads: int | None) -> None:
     """Process jobs from the Redis queue (needs STEMIFY_REDIS_URL)."""
-    from stemify.worker.pool import DramatiqWorkers
-
     settings = Settings()
     if not settings.distributed:
         fail(
             "stemify worker needs STEMIFY_REDIS_URL; "
             "without it `stemify serve` runs the jobs itself"
         )
+    if autoscale is not None:
+        raise SystemExit(_supervise(settings, autoscale, concurrency))
+    _work(settings, concurrency, threads)
+
+
+def _supervise(settings: Settings, autoscale: str, concurrency: int | None) -> int:
+    """``--autoscale``: the supervisor of worker children, until SIGTERM or SIGINT; then every
+    child drains. Returns the exit code."""
+    from stemify.worker.autoscale import Policy, parse_range
+    from stemify.worker.supervisor import Supervisor
+
+    try:
+        low, high = parse_range(autoscale)
+    except ValueError as exc:
+        fail(f"--autoscale: {exc}")
+    if concurrency is not None:
+        settings = settings.model_copy(update={"worker_concurrency": concurrency})
+    services = services_from(settings, _observability(settings))
+    if settings.worker_metrics_port:
+        from stemify.observability.setup import serve_worker_metrics
+
+        serve_worker_metrics(settings.worker_metrics_port)
+    supervisor = Supervisor(services, Policy.from_settings(settings, low, high))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: supervisor.stop.set())
+    log.info(
+        "autoscaler started: %d to %d worker children, concurrency %d each, %d cores",
+        low, high, supervisor.policy.concurrency, supervisor.cores,
+    )  # fmt: skip
+    try:
+        return supervisor.run()
+    finally:
+        services.close()
+
+
+def _work(settings: Settings, concurrency: int | None, threads: int | None) -> None:
+    from stemify.worker.pool import DramatiqWorkers
+    from stemify.worker.supervisor import RETIRE_SIGNAL
+
     metrics = _observability(settings)
     services = services_from(settings, metrics)
     if settings.worker_metrics_port:
         from stemify.observability.setup import serve_worker_metrics
 
         serve_worker_metrics(settings.worker_metrics_port)
-    workers = DramatiqWorkers(services, concurrency or settings.worker_concurrency)
+    workers = DramatiqWorkers(services, concurrency or settings.worker_concurrency, threads)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
+
+    def retire(*_: object) -> None:
+        # The autoscaling supervisor's scale-down: only an idle worker goes.
+        if workers.retire_if_idle():
+            log.info("retiring: idle, asked to stop by the autoscaler")
+            stop.set()
+
+    signal.signal(RETIRE_SIGNAL, retire)
     workers.start()
     log.info(
         "worker %s started (%s)",

@@ -157,6 +157,21 @@ class Metrics:
             "stemify_worker_busy_slots", "Jobs the live worker processes are running now.",
             registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
+        self.autoscaler_desired = Gauge(
+            "stemify_autoscaler_desired_workers",
+            "Worker processes the autoscaling supervisors want now.",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.autoscaler_current = Gauge(
+            "stemify_autoscaler_current_workers",
+            "Worker processes the autoscaling supervisors run now (starting and retiring too).",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.autoscaler_events = Counter(
+            "stemify_autoscaler_scale_events",
+            "Scale decisions of the autoscaling supervisors, by direction (up, down) and reason.",
+            ["direction", "reason"], registry=r,
+        )  # fmt: skip
         self.webhooks = Counter(
             "stemify_webhook_deliveries", "Webhook deliveries, by outcome (delivered, failed).",
             ["outcome"], registry=r,

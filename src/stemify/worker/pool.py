@@ -93,11 +93,13 @@ class Maintenance:
                 log.exception("maintenance tick failed")
 
 
-def share_cores(concurrency: int) -> None:
+def share_cores(concurrency: int, threads: int | None = None) -> None:
     """Give each concurrent job its share of the cores: torch's own threads per job times the
     jobs at once must not exceed the cores, or OpenMP threads spin against each other and
-    every job slows down many times over."""
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // concurrency))
+    every job slows down many times over. ``threads``: this process's share, given by the
+    autoscaling supervisor that shares the cores between its children."""
+    cores = threads if threads is not None else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, cores // concurrency))
 
 
 def preload(services: Services) -> None:
@@ -157,7 +159,7 @@ class EmbeddedWorkers:
 class DramatiqWorkers:
     """``stemify worker``: Dramatiq consumer threads on the Redis queue."""
 
-    def __init__(self, services: Services, concurrency: int) -> None:
+    def __init__(self, services: Services, concurrency: int, threads: int | None = None) -> None:
         if not isinstance(services.queue, RedisQueue):
             raise TypeError("stemify worker needs STEMIFY_REDIS_URL")
         self.services = services
@@ -166,10 +168,20 @@ class DramatiqWorkers:
         self.runner = JobRunner(services, self.worker_id, self.shutdown)
         self.busy = _Counter(services.metrics.worker_busy)
         self.maintenance = Maintenance(services, self.worker_id, lambda: self.busy.value)
-        broker = services.queue.broker
+        self.threads = threads
+        # Taking a job and retiring are decided under one lock: a retired worker never starts one.
+        self._taking = threading.Lock()
+        self._retired = False
+        queue, broker = services.queue, services.queue.broker
 
         def run_job(job_id: str) -> None:
-            self.busy.add(1)
+            with self._taking:
+                if self._retired:
+                    # Taken between the retirement and the consumer's stop: sent again for
+                    # another worker (the job is still queued in the store).
+                    queue.enqueue(job_id)
+                    return
+                self.busy.add(1)
             try:
                 self.runner.run(job_id)
             finally:
@@ -177,10 +189,21 @@ class DramatiqWorkers:
 
         dramatiq.actor(actor_name=ACTOR_NAME, queue_name=QUEUE_NAME, broker=broker)(run_job)
         self.worker = dramatiq.Worker(broker, worker_threads=concurrency, worker_timeout=500)
+        # Dramatiq prefetches twice its threads: a busy worker would hold a message that an
+        # idle one (or a new autoscaled child) could run now. One message per thread.
+        self.worker.queue_prefetch = concurrency
         self.concurrency = concurrency
 
+    def retire_if_idle(self) -> bool:
+        """Agree to stop when no job runs here (the autoscaler's scale-down); False: busy."""
+        with self._taking:
+            if self.busy.value:
+                return False
+            self._retired = True
+            return True
+
     def start(self) -> None:
-        share_cores(self.concurrency)
+        share_cores(self.concurrency, self.threads)
         self.services.metrics.worker_slots.inc(self.concurrency)
         preload(self.services)
         self.maintenance.start()
