@@ -28,7 +28,13 @@ from stemify.models.autopull import AutoPull
 from stemify.models.extra import full_catalogue
 from stemify.observability.metrics import Metrics
 from stemify.queue.registry import WorkerRegistry
-from stemify.queue.transport import JobQueue, LocalQueue, RedisQueue, make_broker
+from stemify.queue.transport import (
+    JobQueue,
+    LocalQueue,
+    RedisQueue,
+    dramatiq_namespace,
+    make_broker,
+)
 from stemify.settings import Settings
 from stemify.storage import Storage, storage_from_url
 
@@ -100,7 +106,7 @@ def _transport(settings: Settings) -> tuple[JobQueue, EventBus]:
         return LocalQueue(), LocalEventBus()
     url = settings.redis_url.get_secret_value()
     check_redis_url(url, allow_insecure=settings.allow_insecure_redis)
-    queue = RedisQueue(make_broker(url, namespace=f"{settings.redis_prefix}-dramatiq"))
+    queue = RedisQueue(make_broker(url, namespace=dramatiq_namespace(settings.redis_prefix)))
     return queue, RedisEventBus(redis.Redis.from_url(url), prefix=settings.redis_prefix)
 
 

@@ -88,6 +88,18 @@ class LocalQueue:
         return None
 
 
+def dramatiq_namespace(redis_prefix: str) -> str:
+    """Dramatiq's key namespace for ``STEMIFY_REDIS_PREFIX``."""
+    return f"{redis_prefix}-dramatiq"
+
+
+def messages_key(namespace: str, queue_name: str = QUEUE_NAME) -> str:
+    """Dramatiq's hash of a queue's messages, from their enqueue to their ack: those waiting
+    plus those a worker has taken (prefetched or running). KEDA's trigger counts this key
+    (deploy/k8s/keda/scaledobject.yaml)."""
+    return f"{namespace}:{queue_name}.msgs"
+
+
 def make_broker(redis_url: str, namespace: str = "dramatiq") -> RedisBroker:
     broker = RedisBroker(url=redis_url, namespace=namespace)  # type: ignore[no-untyped-call]
     # Our own reconciler re-enqueues; dramatiq's retries would run a failed job again.
@@ -124,7 +136,7 @@ class RedisQueue:
         # Delayed messages too: the reconciler must not send a second one for such a job.
         found: list[bytes | str] = []
         for name in (QUEUE_NAME, dq_name(QUEUE_NAME)):
-            found += self.broker.client.hvals(f"{self.broker.namespace}:{name}.msgs")
+            found += self.broker.client.hvals(messages_key(self.broker.namespace, name))
         return found
 
     def pending(self) -> set[str]:

@@ -163,7 +163,7 @@ class Supervisor:
             log.warning(
                 "worker child %d exited with %s after %.0f s; its job, if any, is re-run by the "
                 "reconciler; replacement %s", child.pid, code, now - child.started,
-                f"in {delay:.0f} s (it keeps crashing)" if delay else "now",
+                f"in {delay:.1f} s (it exited soon after its start)" if delay else "now",
             )  # fmt: skip
 
     def _grow(self, count: int, desired: int, now: float) -> int:
