@@ -19,6 +19,7 @@ pytestmark = pytest.mark.unit
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 RUNBOOK = DOCS / "operations" / "runbook.md"
 TROUBLESHOOTING = DOCS / "troubleshooting.md"
+AUTOSCALING = DOCS / "operations" / "autoscaling.md"
 ALERTS = DOCS.parent / "deploy" / "prometheus" / "alerts.yml"
 _FENCE = re.compile(r"^```sh\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 _INLINE = re.compile(r"`(stemify [^`]+)`")
@@ -53,7 +54,7 @@ def parse(command: str) -> click.Context:
 
 
 def test_runbook_and_troubleshooting_commands_exist() -> None:
-    found = commands(RUNBOOK) + commands(TROUBLESHOOTING)
+    found = commands(RUNBOOK) + commands(TROUBLESHOOTING) + commands(AUTOSCALING)
     assert len(found) > 20
     for command in found:
         try:
