@@ -7,6 +7,7 @@ import pytest
 
 from stemify.settings import Settings
 from stemify.worker.autoscale import Decision, Observation, Policy, decide, parse_range
+from stemify.worker.supervisor import RestartBackoff
 
 pytestmark = pytest.mark.unit
 
@@ -117,3 +118,12 @@ def test_parse_range(text: str, bounds: tuple[int, int]) -> None:
 def test_parse_range_refuses(text: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_range(text)
+
+
+def test_restart_backoff_doubles_for_children_dying_young_and_resets_after_a_stable_one() -> None:
+    backoff = RestartBackoff(base_s=0.5, stable_s=60.0)
+    assert [backoff.exited(2.0, now=100.0) for _ in range(4)] == [0.5, 1.0, 2.0, 4.0]
+    assert backoff.not_before == 104.0
+    assert [backoff.exited(1.0, now=0.0) for _ in range(5)][-1] == 0.5 * 64  # capped
+    assert backoff.exited(61.0, now=0.0) == 0.0 and backoff.crashes == 0
+    assert backoff.exited(1.0, now=0.0) == 0.5

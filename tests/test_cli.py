@@ -248,7 +248,9 @@ def test_config_show_masks_secrets(tmp_path: Path) -> None:
         assert secret not in done.stdout
 
 
-@pytest.mark.parametrize("command", [["worker"], ["serve", "--port", "1"]])
+@pytest.mark.parametrize(
+    "command", [["worker"], ["worker", "--autoscale", "1:2"], ["serve", "--port", "1"]]
+)
 def test_passwordless_remote_redis_is_refused(tmp_path: Path, command: list[str]) -> None:
     # 192.0.2.0/24 is reserved for documentation: nothing is contacted, the check comes first.
     env = {**os.environ, "STEMIFY_DATA_DIR": str(tmp_path), "STEMIFY_SECRET_KEY": "k"}
@@ -257,6 +259,22 @@ def test_passwordless_remote_redis_is_refused(tmp_path: Path, command: list[str]
     assert done.returncode == 1
     assert "without a password" in done.stderr and "STEMIFY_ALLOW_INSECURE_REDIS=1" in done.stderr
     assert not (tmp_path / "stemify.db").exists(), "nothing may start before the check"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("4", "--autoscale: expected MIN:MAX (e.g. 1:4), got '4'"),
+     ("3:1", "--autoscale: need 0 <= MIN <= MAX and MAX >= 1, got '3:1'")],
+)  # fmt: skip
+def test_worker_autoscale_range_is_checked(tmp_path: Path, value: str, message: str) -> None:
+    env = {**os.environ, "STEMIFY_DATA_DIR": str(tmp_path), "STEMIFY_SECRET_KEY": "k"}
+    env["STEMIFY_REDIS_URL"] = "redis://127.0.0.1:6379/0"
+    done = subprocess.run(
+        [STEMIFY, "worker", "--autoscale", value], capture_output=True, text=True, env=env,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"stemify: error: {message}"
 
 
 def test_redis_url_check() -> None:

@@ -50,7 +50,7 @@ class Child:
 
 
 @dataclass
-class _Backoff:
+class RestartBackoff:
     """Restart delay after children that die soon after their start: doubling, capped."""
 
     base_s: float
@@ -85,7 +85,7 @@ class Supervisor:
         settings = self.services.settings
         self.metrics: Metrics = self.services.metrics
         self.stop = threading.Event()
-        self.backoff = _Backoff(settings.autoscale_backoff_s, settings.autoscale_stable_s)
+        self.backoff = RestartBackoff(settings.autoscale_backoff_s, settings.autoscale_stable_s)
         self._last_arrival = time.monotonic()
         self._last_backlog = 0
         self._hostname = socket.gethostname()
