@@ -264,14 +264,16 @@ def test_passwordless_remote_redis_is_refused(tmp_path: Path, command: list[str]
 @pytest.mark.parametrize(
     ("value", "message"),
     [("4", "--autoscale: expected MIN:MAX (e.g. 1:4), got '4'"),
-     ("3:1", "--autoscale: need 0 <= MIN <= MAX and MAX >= 1, got '3:1'")],
+     ("3:1", "--autoscale: need 0 <= MIN <= MAX and MAX >= 1, got '3:1'"),
+     ("1:2 --threads 2",
+      "--threads and --autoscale: the autoscaler gives each child its share of cores")],
 )  # fmt: skip
 def test_worker_autoscale_range_is_checked(tmp_path: Path, value: str, message: str) -> None:
     env = {**os.environ, "STEMIFY_DATA_DIR": str(tmp_path), "STEMIFY_SECRET_KEY": "k"}
     env["STEMIFY_REDIS_URL"] = "redis://127.0.0.1:6379/0"
     done = subprocess.run(
-        [STEMIFY, "worker", "--autoscale", value], capture_output=True, text=True, env=env,
-        timeout=60,
+        [STEMIFY, "worker", "--autoscale", *value.split()], capture_output=True, text=True,
+        env=env, timeout=60,
     )  # fmt: skip
     assert done.returncode == 1
     assert done.stderr.strip() == f"stemify: error: {message}"

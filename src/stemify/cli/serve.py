@@ -101,6 +101,8 @@ def worker(concurrency: int | None, autoscale: str | None, threads: int | None) 
             "without it `stemify serve` runs the jobs itself"
         )
     if autoscale is not None:
+        if threads is not None:
+            fail("--threads and --autoscale: the autoscaler gives each child its share of cores")
         raise SystemExit(_supervise(settings, autoscale, concurrency))
     _work(settings, concurrency, threads)
 
