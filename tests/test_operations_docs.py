@@ -105,7 +105,8 @@ def test_troubleshooting_entries_say_symptom_confirm_fix() -> None:
     titles = [entry.splitlines()[0] for entry in entries]
     assert titles == [
         "Models missing", "The first-run model download failed", "Workers take no jobs for a model",
-        "Redis unreachable", "PostgreSQL unreachable", "ffmpeg missing",
+        "The autoscaler does not add or stop workers", "Redis unreachable",
+        "PostgreSQL unreachable", "ffmpeg missing",
         "Disk full", "S3 unreachable or refusing", "A stuck queue", "Out of memory",
         "Stem links from S3 refused (403), or the player cannot load them",
     ]  # fmt: skip
