@@ -13,7 +13,10 @@ API (`stemify serve`, distributed) and, in one run:
 
 The released-size random-weight htdemucs, 4 s clips, ``shifts=0``.
 
-    python bench/bench_autoscale.py
+    python bench/bench_autoscale.py [--pool-first]
+
+``--pool-first`` runs the autoscaled pool before the fixed worker (on a shared machine, to see
+how much of the difference is the order).
 """
 
 from __future__ import annotations
@@ -150,7 +153,38 @@ class Run:
                 self.stop(process)
 
 
+def phase_fixed(run: Run, clips: list[Path]) -> float:
+    """Seconds for one fixed worker to drain the burst."""
+    fixed = run.start("fixed", "worker")
+    run.wait(lambda: run.workers() == 1, 120, "the fixed worker")
+    started, ids = run.burst(clips)
+    run.wait(lambda: run.drained(ids), 900, "the fixed worker's burst")
+    seconds = time.perf_counter() - started
+    run.stop(fixed)
+    run.wait(lambda: run.workers() == 0, 60, "the fixed worker to stop")
+    return seconds
+
+
+def phase_pool(run: Run, clips: list[Path]) -> tuple[float, float, float, float]:
+    """(drain s, reaction s, idle RSS MB at MIN, idle RSS MB at MAX) of --autoscale 1:2."""
+    pool = run.start("autoscale", "worker", "--autoscale", "1:2")
+    run.wait(lambda: run.workers() == 1, 120, "the first child")
+    time.sleep(2)
+    idle_min = rss_mb(pool.pid)
+    started, ids = run.burst(clips)
+    run.wait(lambda: run.workers() == 2, 120, "the second child")
+    reaction_s = time.perf_counter() - started
+    run.wait(lambda: run.drained(ids), 900, "the pool's burst")
+    pool_s = time.perf_counter() - started
+    time.sleep(2)
+    idle_max = rss_mb(pool.pid)
+    run.stop(pool)
+    run.wait(lambda: run.workers() == 0, 60, "the pool to stop")
+    return pool_s, reaction_s, idle_min, idle_max
+
+
 def main() -> None:
+    pool_first = "--pool-first" in sys.argv[1:]
     work = OUT / "work"
     models = work / "models"
     models.mkdir(parents=True, exist_ok=True)
@@ -177,27 +211,16 @@ def main() -> None:
         run = Run(env, logs)
         try:
             run.serve()
-            fixed = run.start("fixed", "worker")
-            run.wait(lambda: run.workers() == 1, 120, "the fixed worker")
-            started, ids = run.burst(clips[:JOBS])
-            run.wait(lambda: run.drained(ids), 900, "the fixed worker's burst")
-            fixed_s = time.perf_counter() - started
-            run.stop(fixed)
-            run.wait(lambda: run.workers() == 0, 60, "the fixed worker to stop")
-
-            pool = run.start("autoscale", "worker", "--autoscale", "1:2")
-            run.wait(lambda: run.workers() == 1, 120, "the first child")
-            time.sleep(2)
-            idle_min = rss_mb(pool.pid)
-            started, ids = run.burst(clips[JOBS:])
-            run.wait(lambda: run.workers() == 2, 120, "the second child")
-            reaction_s = time.perf_counter() - started
-            run.wait(lambda: run.drained(ids), 900, "the pool's burst")
-            pool_s = time.perf_counter() - started
-            time.sleep(2)
-            idle_max = rss_mb(pool.pid)
+            fixed_clips, pool_clips = clips[:JOBS], clips[JOBS:]
+            if pool_first:
+                pool = phase_pool(run, pool_clips)
+                fixed_s = phase_fixed(run, fixed_clips)
+            else:
+                fixed_s = phase_fixed(run, fixed_clips)
+                pool = phase_pool(run, pool_clips)
         finally:
             run.close()
+    pool_s, reaction_s, idle_min, idle_max = pool
     results = {
         "jobs": JOBS,
         "fixed_single_worker_drain_s": round(fixed_s, 1),
@@ -207,6 +230,8 @@ def main() -> None:
         "idle_rss_mb_min_1": round(idle_min),
         "idle_rss_mb_max_2": round(idle_max),
         "cores": os.cpu_count(),
+        "order": "autoscale first" if pool_first else "fixed first",
+        "load_average_1m_at_end": os.getloadavg()[0],
     }
     print(json.dumps(results, indent=2))
     (OUT / "autoscale-results.json").write_text(json.dumps(results, indent=2))
