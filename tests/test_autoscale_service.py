@@ -21,18 +21,15 @@ from test_service_distributed import distributed_env, worker_of
 pytestmark = pytest.mark.service
 
 MakeAudio = Callable[..., Path]
-FAST = {
-    "STEMIFY_AUTOSCALE_TICK_S": "0.5",
-    "STEMIFY_AUTOSCALE_COOLDOWN_S": "4",
-    "STEMIFY_AUTOSCALE_MAX_STEP": "2",
-    "STEMIFY_AUTOSCALE_BACKOFF_S": "0.5",
-}
+# Short ticks, cool-down and restart backoff (STEMIFY_AUTOSCALE_*).
+SHORT = [("TICK_S", "0.5"), ("COOLDOWN_S", "4"), ("MAX_STEP", "2"), ("BACKOFF_S", "0.5")]
+FAST = {f"STEMIFY_AUTOSCALE_{name}": value for name, value in SHORT}
 
 
 @pytest.fixture
-def cluster(
-    tmp_path: Path, model_dir: Path, postgres_url: str, redis_url: str, redis_prefix: str
-) -> Iterator[Cluster]:
+def cluster(tmp_path: Path, model_dir: Path, postgres_url: str, redis_url: str,
+            redis_prefix: str) -> Iterator[Cluster]:  # fmt: skip
+    """test_service_distributed's deployment, with short autoscaler ticks and cool-down."""
     env = distributed_env(tmp_path, model_dir, postgres_url, redis_url, redis_prefix)
     running = Cluster(tmp_path, {**env, **FAST})
     yield running
@@ -57,6 +54,18 @@ def wait_workers(
     raise AssertionError(f"not {count} workers in {timeout} s: {alive(api)}\n{supervisor.output()}")
 
 
+def start_pool(
+    cluster: Cluster, bounds: str, name: str = "supervisor"
+) -> tuple[httpx.Client, Process]:
+    """The API, then a supervisor with ``--autoscale bounds`` and its first child ready."""
+    if not cluster.processes:
+        cluster.serve()
+    api = client(cluster.base)
+    supervisor = cluster.start("worker", "--autoscale", bounds, name=name)
+    wait_workers(api, int(bounds.split(":")[0]), supervisor)
+    return api, supervisor
+
+
 def scale_events(output: str) -> list[tuple[str, int, int, str]]:
     found = re.findall(r"autoscaler: (up|down) from (\d+) to (\d+) children \((\w+);", output)
     return [(d, int(a), int(b), reason) for d, a, b, reason in found]
@@ -65,10 +74,7 @@ def scale_events(output: str) -> list[tuple[str, int, int, str]]:
 def test_a_burst_grows_to_max_and_shrinks_back_after_the_cool_down(
     cluster: Cluster, make_audio: MakeAudio, postgres_url: str
 ) -> None:
-    cluster.serve()
-    api = client(cluster.base)
-    supervisor = cluster.start("worker", "--autoscale", "1:3", name="supervisor")
-    wait_workers(api, 1, supervisor)
+    api, supervisor = start_pool(cluster, "1:3")
     songs = [make_audio(f"song{i}.wav", seconds=3.0 + i / 10) for i in range(8)]
     with ThreadPoolExecutor(8) as pool:
         jobs = list(pool.map(lambda s: submit(client(cluster.base), s, shifts="0"), songs))
@@ -114,10 +120,7 @@ def test_a_burst_grows_to_max_and_shrinks_back_after_the_cool_down(
 def test_a_killed_child_is_replaced_and_its_job_finishes(
     cluster: Cluster, make_audio: MakeAudio, postgres_url: str
 ) -> None:
-    cluster.serve()
-    api = client(cluster.base)
-    supervisor = cluster.start("worker", "--autoscale", "1:1", name="supervisor")
-    wait_workers(api, 1, supervisor)
+    api, supervisor = start_pool(cluster, "1:1")
     job = submit(api, make_audio("long.wav", seconds=20.0), shifts="4")
     wait_for(api, job["id"], lambda j: j["status"] == "running" and j["progress"] > 5, timeout=90)
     owner = worker_of(postgres_url, job["id"])
@@ -155,10 +158,7 @@ def test_a_child_crashing_at_start_is_backed_off(cluster: Cluster) -> None:
 
 def test_sigterm_during_a_burst_loses_nothing(cluster: Cluster, make_audio: MakeAudio) -> None:
     cluster.env["STEMIFY_SHUTDOWN_GRACE_S"] = "1"
-    cluster.serve()
-    api = client(cluster.base)
-    first = cluster.start("worker", "--autoscale", "1:2", name="first")
-    wait_workers(api, 1, first)
+    api, first = start_pool(cluster, "1:2", name="first")
     jobs = [
         submit(api, make_audio(f"song{i}.wav", seconds=12.0 + i / 10), shifts="2") for i in range(4)
     ]
