@@ -68,10 +68,14 @@ class RestartBackoff:
         return delay
 
 
+# Looked up here, in the parent: between fork and exec the child only calls it (loading a
+# library there could wait forever on a lock another thread of the parent held at the fork).
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM (a drain) when the supervisor dies, even by SIGKILL."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
