@@ -62,6 +62,13 @@ class InvalidOptionError(StemifyError):
     code = "invalid_option"
 
 
+class BackendUnavailableError(StemifyError):
+    """The inference backend asked for cannot run this model (an architecture or a quantized
+    model the optimised runtime does not take, or the runtime is not installed)."""
+
+    code = "backend_unavailable"
+
+
 class CanceledError(StemifyError):
     code = "canceled"
 

@@ -9,6 +9,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
@@ -23,7 +24,7 @@ from stemify.jobs.recent import RecentJobs
 from stemify.jobs.store import JobStore
 from stemify.keys.store import KeyStore
 from stemify.keys.usage import UsageLedger
-from stemify.models import ModelCache, load_model
+from stemify.models import ModelCache
 from stemify.models.autopull import AutoPull
 from stemify.models.extra import full_catalogue
 from stemify.observability.metrics import Metrics
@@ -153,7 +154,7 @@ def build_services(settings: Settings, metrics: Metrics | None = None) -> Servic
         queue=queue,
         events=events,
         models=ModelCache(
-            loader=functools.partial(load_model, model_dir=settings.model_dir),
+            loader=functools.partial(_load_engine_model, settings=settings),
             budget_bytes=settings.model_cache_mb << 20,
             observer=metrics,
         ),
@@ -178,4 +179,17 @@ def _auto_pull(settings: Settings) -> AutoPull | None:
         settings.model_dir,
         settings.model_base_url,
         full_catalogue(settings.model_catalogue),
+    )
+
+
+def _load_engine_model(name: str, settings: Settings) -> Any:
+    # Imported here: the engine's backends import torch, which wiring alone must not.
+    from stemify.engine.backends.choose import load_engine_model
+
+    return load_engine_model(
+        name,
+        settings.model_dir,
+        backend=settings.backend,
+        device=settings.device,
+        export_dir=settings.export_dir,
     )

@@ -25,6 +25,10 @@ def _default_model_dir() -> Path:
     return platformdirs.user_cache_path("stemify") / "models"
 
 
+def _default_export_dir() -> Path:
+    return platformdirs.user_cache_path("stemify") / "exports"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STEMIFY_", extra="ignore")
 
@@ -42,6 +46,11 @@ class Settings(BaseSettings):
     model_cache_mb: int = 4096
     # Segments stacked into one forward pass.
     batch_size: int = 1
+    # What runs the network: auto (onnxruntime for HTDemucs models, verified; torch for the
+    # rest), torch, or onnx (an error for a model onnxruntime cannot take).
+    backend: Literal["auto", "torch", "onnx"] = "auto"
+    # Where exports go when the model directory is read-only (an image's baked-in models).
+    export_dir: Path = Field(default_factory=_default_export_dir)
 
     # ---- service: where things live
     data_dir: Path = Path("data")

@@ -18,10 +18,10 @@ from stemify.audio import OutputFormat
 from stemify.cli.common import F, clip_mode_option, fail, model_dir_option, settings_from
 from stemify.engine.params import default_of, help_of
 from stemify.errors import InvalidOptionError, StemifyError
-from stemify.settings import Settings
 
 if TYPE_CHECKING:
     from stemify.engine import Progress, SeparationOptions, SeparationResult
+    from stemify.engine.backends.choose import LoadedModel
 
 
 def output_format(
@@ -105,6 +105,11 @@ def _param_option(name: str, kind: type) -> Callable[[F], F]:
     "--batch-size", type=int, help="Segments per forward pass (default: STEMIFY_BATCH_SIZE)."
 )
 @click.option(
+    "--backend",
+    type=click.Choice(["auto", "torch", "onnx"]),
+    help="What runs the network (default: STEMIFY_BACKEND or auto: onnxruntime where it can).",
+)
+@click.option(
     "--filename",
     default="{track}/{stem}.{ext}",
     show_default=True,
@@ -131,13 +136,14 @@ def separate(
     clip_mode: str,
     device: str | None,
     batch_size: int | None,
+    backend: str | None,
     filename: str,
     model_dir: Path | None,
     as_json: bool,
 ) -> None:
     """Separate TRACKS into stems."""
     from stemify.engine import InferenceOptions, SeparationOptions
-    from stemify.models import load_model
+    from stemify.engine.backends.choose import load_engine_model
 
     settings = settings_from(model_dir)
     try:
@@ -156,13 +162,19 @@ def separate(
             stems=tuple(s.strip() for s in stems.split(",") if s.strip()) if stems else None,
             two_stems=two_stems,
         )
-        model = load_model(name, settings.model_dir)
+        loaded = load_engine_model(
+            name,
+            settings.model_dir,
+            backend=backend or settings.backend,  # type: ignore[arg-type]
+            device=options.inference.device,
+            export_dir=settings.export_dir,
+        )
     except StemifyError as exc:
         fail(exc.message)
     results = []
     failures = 0
     for track in tracks:
-        result = _separate_one(track, model, out / name, filename, options, settings)
+        result = _separate_one(track, loaded, out / name, filename, options)
         if result is None:
             failures += 1
             continue
@@ -177,11 +189,10 @@ def separate(
 
 def _separate_one(
     track: Path,
-    model: Any,
+    loaded: LoadedModel,
     out: Path,
     template: str,
     options: SeparationOptions,
-    settings: Settings,
 ) -> SeparationResult | None:
     from stemify.engine import separate_file
 
@@ -189,10 +200,11 @@ def _separate_one(
     try:
         return separate_file(
             track,
-            model,
+            loaded.model,
             destination(template, out, track, options.output.extension),
             options,
             on_progress=bar,
+            backend=loaded.backend,
         )
     except StemifyError as exc:
         click.echo(f"stemify: error: {track}: {exc.message}", err=True)

@@ -23,6 +23,7 @@ import torch
 from demucs.apply import BagOfModels
 from demucs.htdemucs import HTDemucs
 
+from stemify.engine.backends.base import TORCH, Backend
 from stemify.engine.params import check_bounds, default_of
 from stemify.engine.progress import CancelToken
 from stemify.errors import CanceledError, InvalidOptionError
@@ -251,6 +252,7 @@ def stream_separate(
     on_segments: Callable[[int, int], None] | None = None,
     cancel: CancelToken | None = None,
     rng: RandInt | None = None,
+    backend: Backend = TORCH,
 ) -> Iterator[tuple[Audio, Audio]]:
     """Separate a stream of ``(channels, n)`` float32 blocks totalling ``length`` samples.
 
@@ -258,6 +260,7 @@ def stream_separate(
     ``(channels, n)`` and ``(sources, channels, n)``. ``on_segments(done, total)`` is called
     after each forward pass with the segments computed so far and planned in all. ``rng``
     draws the shifts; by default the global ``random`` module, as ``apply_model`` does.
+    ``backend`` runs each batch of segments through a sub-model (torch: demucs' forward).
     """
     options.validate(model)
     device = torch.device(options.device)
@@ -282,7 +285,8 @@ def stream_separate(
                 for start in [current.input_start(s)]
             ]
             with torch.inference_mode():
-                estimates = current.model(torch.stack(inputs).to(device)).to("cpu")
+                stacked = torch.stack(inputs).to(device)
+                estimates = backend.forward(current.model, stacked).to("cpu")
             for segment, estimate in zip(batch, estimates, strict=True):
                 current.accumulate(segment, _center_trim(estimate, segment.length))
             done += len(batch)

@@ -17,6 +17,7 @@ import numpy as np
 
 from stemify.audio import AudioInfo, ClipMode, OutputFormat, StemWriter, decode_blocks, probe
 from stemify.audio.limits import DEFAULT_LIMITS, MediaLimits
+from stemify.engine.backends.base import TORCH, Backend
 from stemify.engine.overlap_add import Audio, InferenceOptions, stream_separate
 from stemify.engine.progress import CancelToken, ProgressCallback, ProgressTracker
 from stemify.errors import InvalidOptionError
@@ -110,9 +111,10 @@ def separate_file(
     on_progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     limits: MediaLimits = DEFAULT_LIMITS,
+    backend: Backend = TORCH,
 ) -> SeparationResult:
     """Separate ``source`` with ``model`` and write each stem to ``destination(stem)``;
-    ffprobe and ffmpeg run under ``limits``.
+    ffprobe and ffmpeg run under ``limits``, the network on ``backend``.
 
     Either every stem file is written or none is: stems are encoded into hidden temporary files
     and renamed into place only once all of them have finished.
@@ -143,7 +145,9 @@ def separate_file(
                 clip=options.clip,
             )
         started = time.monotonic()
-        quality = _separate_into(source, model, stats, writers, options, tracker, cancel, limits)
+        quality = _separate_into(
+            source, model, stats, writers, options, tracker, cancel, limits, backend
+        )
         seconds["separating"] = time.monotonic() - started
 
         started = time.monotonic()
@@ -175,6 +179,7 @@ def _separate_into(
     tracker: ProgressTracker,
     cancel: CancelToken | None,
     limits: MediaLimits,
+    backend: Backend,
 ) -> QualityReport:
     sources: list[str] = list(model.sources)
 
@@ -198,6 +203,7 @@ def _separate_into(
             options.inference,
             on_segments=on_segments,
             cancel=cancel,
+            backend=backend,
         ):
             mix = mix * scale + shift
             estimate = estimate * scale + shift

@@ -39,7 +39,11 @@ class CacheStats:
 
 
 def model_nbytes(model: Any) -> int:
-    """Bytes of a torch module's parameters and buffers (0 for anything else)."""
+    """Bytes of a torch module's parameters and buffers (0 for anything else); what an object
+    with its own ``memory_bytes()`` says it holds (a model with its runtime session)."""
+    own = getattr(model, "memory_bytes", None)
+    if callable(own):
+        return int(own())
     tensors = [*getattr(model, "parameters", list)(), *getattr(model, "buffers", list)()]
     return sum(int(t.numel()) * int(t.element_size()) for t in tensors)
 

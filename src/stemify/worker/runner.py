@@ -229,7 +229,7 @@ class JobRunner:
                 return
         assert job.input_key is not None
         source = local_file(services.storage, job.input_key, scratch)
-        model = services.models.get(job.spec.model)
+        loaded = services.models.get(job.spec.model)
         settings = services.settings
         options = job.spec.separation_options(
             device=settings.device, batch_size=settings.batch_size
@@ -237,12 +237,13 @@ class JobRunner:
         ext = options.output.extension
         result = separate_file(
             source,
-            model,
+            loaded.model,
             lambda stem: scratch / "stems" / f"{stem}.{ext}",
             options,
             on_progress=_Reporter(services, job, self.worker_id),
             cancel=watch.token,
             limits=media_limits(settings),
+            backend=loaded.backend,
         )
         seconds.update(result.stage_seconds)
 

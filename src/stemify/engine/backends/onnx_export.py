@@ -1,0 +1,112 @@
+"""The exported network core of an HTDemucs checkpoint, cached next to it (or in a writable
+cache) and verified before use.
+
+A file is named by the checkpoint's sha256 and the exporter version, so a changed checkpoint or
+a new exporter never reuses an old export. Beside it, ``<file>.sha256`` holds the digest of the
+export as written: an export whose bytes do not match (truncated, overwritten) is rebuilt. Files
+are written to a temporary name and renamed, so a crash leaves no half-written export in use.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stemify.engine.backends.htdemucs_core import HTDemucsCore, core_inputs
+
+log = logging.getLogger(__name__)
+
+# Bump when the exported graph changes (core boundary, opset, exporter): old files are ignored.
+EXPORTER_VERSION = "core1-opset17"
+OPSET = 17
+_CHUNK = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_name(checkpoint_sha256: str) -> str:
+    return f"core-{checkpoint_sha256[:32]}.{EXPORTER_VERSION}.onnx"
+
+
+@dataclass(frozen=True)
+class Export:
+    path: Path
+    seconds: float  # 0 when it was found already exported
+    fresh: bool
+
+
+def valid_export(path: Path) -> bool:
+    """``path`` exists and matches the digest written beside it."""
+    digest = path.with_name(path.name + ".sha256")
+    try:
+        return digest.read_text().strip() == file_sha256(path)
+    except OSError:
+        return False
+
+
+def discard(path: Path) -> None:
+    for victim in (path, path.with_name(path.name + ".sha256")):
+        victim.unlink(missing_ok=True)
+
+
+def export_core(model: Any, path: Path) -> float:
+    """Export ``model``'s core to ``path`` (atomically, digest beside it); returns seconds."""
+    started = time.monotonic()
+    core = HTDemucsCore(model).eval()
+    mix, mag = core_inputs(model)
+    handle, temp_name = tempfile.mkstemp(prefix=".", suffix=".onnx.tmp", dir=path.parent)
+    os.close(handle)
+    temp = Path(temp_name)
+    try:
+        # The tracing exporter cannot take torch's fused attention kernel, which inference
+        # mode selects; with gradients on, MultiheadAttention takes its composite path.
+        with torch.inference_mode(False), torch.enable_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                core,
+                (mix, mag),
+                str(temp),
+                opset_version=OPSET,
+                dynamo=False,
+                input_names=["mix", "mag"],
+                output_names=["freq", "time"],
+                dynamic_axes={name: {0: "batch"} for name in ("mix", "mag", "freq", "time")},
+            )
+        digest = file_sha256(temp)
+        temp.rename(path)
+        path.with_name(path.name + ".sha256").write_text(digest + "\n")
+    finally:
+        temp.unlink(missing_ok=True)
+    return time.monotonic() - started
+
+
+def agreement_db(model: Any, run_core: Any) -> float:
+    """The lower SDR, in dB, of the two core outputs of ``run_core`` against PyTorch's own, on a
+    random segment."""
+    mix, mag = core_inputs(model, seed=1)
+    with torch.inference_mode():
+        expected = HTDemucsCore(model).eval()(mix, mag)
+    got = run_core(mix, mag)
+    worst = float("inf")
+    for reference, estimate in zip(expected, got, strict=True):
+        ref = reference.numpy().astype(np.float64)
+        error = float(((ref - estimate.numpy()) ** 2).sum())
+        if error > 0:
+            worst = min(worst, 10 * float(np.log10(float((ref**2).sum()) / error)))
+    return worst
