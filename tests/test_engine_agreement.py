@@ -72,10 +72,11 @@ def reference(
 
 def streamed(model: Any, x: torch.Tensor, block: int = 10_000, **kwargs: Any) -> np.ndarray:
     rng = kwargs.pop("rng", None)
+    extra = {"backend": kwargs.pop("backend")} if "backend" in kwargs else {}
     parts = [
         out
         for _, out in stream_separate(
-            model, blocks_of(x, block), x.shape[-1], InferenceOptions(**kwargs), rng=rng
+            model, blocks_of(x, block), x.shape[-1], InferenceOptions(**kwargs), rng=rng, **extra
         )
     ]
     return np.concatenate(parts, axis=-1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,18 @@ def settings_from(model_dir: Path | None) -> Settings:
     if model_dir is not None:
         settings = settings.model_copy(update={"model_dir": model_dir})
     return settings
+
+
+def show_backend_log() -> None:
+    """The backends' export lines and warnings on stderr, for commands without a log set-up:
+    an export on first load takes a while, and a fallback to torch must be seen."""
+    logger = logging.getLogger("stemify.engine.backends")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("stemify: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 def fail(message: str) -> NoReturn:

@@ -1,7 +1,8 @@
-"""``stemify models list | pull | verify``: the local model directory.
+"""``stemify models list | pull | verify | export``: the local model directory.
 
-None of these load a model, so none imports torch or demucs (``stemify.models`` imports them
-only to load one, or to read the sources of a local checkpoint). The download client and the
+Only ``export`` (and ``pull --export``) loads a model; the others import neither torch nor
+demucs (``stemify.models`` imports them only to load one, or to read the sources of a local
+checkpoint). The download client and the
 progress bars are imported by the commands that use them.
 """
 
@@ -14,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from stemify.cli.common import fail, model_dir_option, settings_from
+from stemify.cli.common import fail, model_dir_option, settings_from, show_backend_log
 from stemify.errors import StemifyError
+from stemify.settings import Settings
 
 if TYPE_CHECKING:
     from tqdm import tqdm
@@ -27,7 +29,7 @@ def _size(size: int | None) -> str:
 
 @click.group()
 def models() -> None:
-    """List, download and verify Demucs models."""
+    """List, download, verify and export Demucs models."""
 
 
 @models.command("list")
@@ -39,6 +41,12 @@ def list_command(model_dir: Path | None, as_json: bool) -> None:
 
     settings = settings_from(model_dir)
     statuses = list_models(settings.model_dir)
+
+    def backend(capable: bool) -> str:
+        # What a separation would run it on under STEMIFY_BACKEND (auto falls back to torch
+        # only if the export fails its check, with a warning then).
+        return "onnx" if capable and settings.backend != "torch" else "torch"
+
     if as_json:
         rows = [
             {
@@ -48,17 +56,19 @@ def list_command(model_dir: Path | None, as_json: bool) -> None:
                 "installed": s.installed,
                 "size_bytes": s.size_bytes,
                 "official": s.official,
+                "backend": backend(s.runtime_capable),
             }
             for s in statuses
         ]
         click.echo(json.dumps(rows, indent=2))
         return
     click.echo(f"model directory: {settings.model_dir}")
-    click.echo(f"{'NAME':<14} {'INSTALLED':<10} {'SIZE':>9}  SOURCES")
+    click.echo(f"{'NAME':<14} {'INSTALLED':<10} {'SIZE':>9}  {'BACKEND':<8} SOURCES")
     for s in statuses:
         sources = ",".join(s.sources) or "?"
         installed = "yes" if s.installed else "no"
-        click.echo(f"{s.name:<14} {installed:<10} {_size(s.size_bytes):>9}  {sources}")
+        runs_on = backend(s.runtime_capable)
+        click.echo(f"{s.name:<14} {installed:<10} {_size(s.size_bytes):>9}  {runs_on:<8} {sources}")
 
 
 class _Bars:
@@ -86,7 +96,10 @@ class _Bars:
 @click.argument("names", nargs=-1, required=True)
 @model_dir_option
 @click.option("--base-url", help="Download from here (default: STEMIFY_MODEL_BASE_URL).")
-def pull_command(names: tuple[str, ...], model_dir: Path | None, base_url: str | None) -> None:
+@click.option("--export", is_flag=True, help="Then export them for the onnx backend.")
+def pull_command(
+    names: tuple[str, ...], model_dir: Path | None, base_url: str | None, export: bool
+) -> None:
     """Download official models, verify their checksums, resume partial downloads."""
     from stemify.models import pull
     from stemify.models.extra import full_catalogue
@@ -102,6 +115,43 @@ def pull_command(names: tuple[str, ...], model_dir: Path | None, base_url: str |
         fail(exc.message)
     bars.close()
     click.echo(f"installed {', '.join(names)} in {settings.model_dir}")
+    if export:
+        _export(names, settings)
+
+
+@models.command("export")
+@click.argument("names", nargs=-1, required=True)
+@model_dir_option
+def export_command(names: tuple[str, ...], model_dir: Path | None) -> None:
+    """Export installed HTDemucs models for the onnx backend, ahead of the first separation
+    (into the model directory, or STEMIFY_EXPORT_DIR when it is read-only)."""
+    _export(names, settings_from(model_dir))
+
+
+def _export(names: tuple[str, ...], settings: Settings) -> None:
+    import time
+
+    from stemify.engine.backends.choose import load_engine_model
+
+    show_backend_log()
+    failed = False
+    for name in names:
+        started = time.monotonic()
+        try:
+            loaded = load_engine_model(
+                name, settings.model_dir, backend="onnx", export_dir=settings.export_dir
+            )
+        except StemifyError as exc:
+            fail(exc.message)
+        seconds = time.monotonic() - started
+        if loaded.backend.name != "onnx":
+            click.echo(f"{name}: not exported, it runs on torch (see the warning above)", err=True)
+            failed = True
+            continue
+        size = _size(loaded.backend.memory_bytes())
+        click.echo(f"{name}: ready for the onnx backend ({size} exported, {seconds:.1f} s)")
+    if failed:
+        sys.exit(1)
 
 
 @models.command("verify")

@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from stemify.audio import OutputFormat
-from stemify.cli.common import F, clip_mode_option, fail, model_dir_option, settings_from
+from stemify.cli.common import (
+    F,
+    clip_mode_option,
+    fail,
+    model_dir_option,
+    settings_from,
+    show_backend_log,
+)
 from stemify.engine.params import default_of, help_of
 from stemify.errors import InvalidOptionError, StemifyError
 
@@ -146,6 +153,7 @@ def separate(
     from stemify.engine.backends.choose import load_engine_model
 
     settings = settings_from(model_dir)
+    show_backend_log()
     try:
         fmt = output_format(mp3, mp3_bitrate, flac, int24, float32)
         fmt.validate()

@@ -49,6 +49,8 @@ class CatalogueEntry:
     # Written as ``<name>.yaml`` next to the weights; identical to demucs' remote yaml.
     bag_yaml: str
     needs_diffq: bool
+    # HTDemucs-family, not quantized: the onnx backend can run it (stemify.engine.backends).
+    runtime_capable: bool = False
 
     @property
     def size_bytes(self) -> int | None:
@@ -65,6 +67,7 @@ class ModelStatus:
     installed: bool
     size_bytes: int | None
     official: bool
+    runtime_capable: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,14 +75,21 @@ class _Official:
     description: str
     sources: tuple[str, ...]
     needs_diffq: bool = False
+    runtime_capable: bool = False
 
 
 _OFFICIAL: dict[str, _Official] = {
     "htdemucs": _Official(
-        "Hybrid Transformer Demucs, 4 stems, the default: good quality, fast", FOUR_STEMS
+        "Hybrid Transformer Demucs, 4 stems, the default: good quality, fast",
+        FOUR_STEMS,
+        runtime_capable=True,
     ),
-    "htdemucs_ft": _Official("fine-tuned bag of 4 htdemucs, best quality, 4x slower", FOUR_STEMS),
-    "htdemucs_6s": _Official("6 stems: adds guitar and piano (piano is weak)", SIX_STEMS),
+    "htdemucs_ft": _Official(
+        "fine-tuned bag of 4 htdemucs, best quality, 4x slower", FOUR_STEMS, runtime_capable=True
+    ),
+    "htdemucs_6s": _Official(
+        "6 stems: adds guitar and piano (piano is weak)", SIX_STEMS, runtime_capable=True
+    ),
     "hdemucs_mmi": _Official("Hybrid Demucs v3 trained on extra data", FOUR_STEMS),
     "mdx": _Official("Demucs v3 bag trained on MusDB HQ only, won MDX 2021 track A", FOUR_STEMS),
     "mdx_extra": _Official(
@@ -250,6 +260,7 @@ def official_catalogue() -> dict[str, CatalogueEntry]:
             files=files,
             bag_yaml=bag_yaml,
             needs_diffq=info.needs_diffq,
+            runtime_capable=info.runtime_capable,
         )
     return catalogue
 
@@ -309,7 +320,13 @@ def _bag_files(model_dir: Path, name: str) -> list[Path] | None:
 
 
 def checkpoint_sources(path: Path) -> tuple[str, ...]:
-    """The sources a demucs checkpoint was built with, read without loading its weights.
+    """The sources a demucs checkpoint was built with, read without loading its weights."""
+    return checkpoint_facts(path)[0]
+
+
+def checkpoint_facts(path: Path) -> tuple[tuple[str, ...], bool]:
+    """The sources a demucs checkpoint was built with, and whether the onnx backend can run it
+    (an HTDemucs, not quantized), read without loading its weights.
 
     mmap leaves the tensors on disk, so this costs the pickle only, not the 80 MB of weights;
     the answer is remembered per file version, since every job submission lists the models.
@@ -318,25 +335,29 @@ def checkpoint_sources(path: Path) -> tuple[str, ...]:
     try:
         stat = path.stat()
     except OSError:
-        return ()
+        return (), False
     return _checkpoint_sources(path, stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=256)
-def _checkpoint_sources(path: Path, _mtime_ns: int, _size: int) -> tuple[str, ...]:
+def _checkpoint_sources(path: Path, _mtime_ns: int, _size: int) -> tuple[tuple[str, ...], bool]:
     import torch
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             package: Any = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        klass = package.get("klass")
+        capable = getattr(klass, "__name__", "") == "HTDemucs" and not package.get("state", {}).get(
+            "__quantized"
+        )
         sources = package["kwargs"].get("sources")
         if sources is None:
             # Older checkpoints may pass sources positionally; nothing reliable to read then.
-            return ()
-        return tuple(str(s) for s in sources)
+            return (), capable
+        return tuple(str(s) for s in sources), capable
     except Exception:
-        return ()
+        return (), False
 
 
 def list_models(model_dir: Path) -> list[ModelStatus]:
@@ -354,20 +375,23 @@ def list_models(model_dir: Path) -> list[ModelStatus]:
                 installed=installed,
                 size_bytes=_total_size(files) if files is not None else entry.size_bytes,
                 official=True,
+                runtime_capable=entry.runtime_capable,
             )
         )
     for name in local_models(model_dir):
         if name in catalogue:
             continue
         files = _bag_files(model_dir, name)
+        facts = [checkpoint_facts(path) for path in dict.fromkeys(files or [])]
         statuses.append(
             ModelStatus(
                 name=name,
                 description="local model",
-                sources=checkpoint_sources(files[0]) if files else (),
+                sources=facts[0][0] if facts else (),
                 installed=files is not None,
                 size_bytes=_total_size(files) if files is not None else None,
                 official=False,
+                runtime_capable=bool(facts) and all(capable for _, capable in facts),
             )
         )
     return statuses

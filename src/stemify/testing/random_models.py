@@ -48,6 +48,26 @@ def build_htdemucs(seed: int, sources: list[str] | None = None, **kwargs: Any) -
     return model
 
 
+# A small Hybrid Demucs (v3, the hdemucs_mmi and mdx architecture): no transformer, no
+# fixed segment; what the onnx backend does not take.
+TINY_HDEMUCS_KWARGS: dict[str, Any] = {
+    "channels": 8,
+    "dconv_depth": 1,
+    "dconv_attn": 10,  # layers from this index on have attention: none
+    "dconv_lstm": 10,
+    "segment": 4,
+}
+
+
+def build_hdemucs(seed: int, sources: list[str] | None = None, **kwargs: Any) -> Any:
+    from demucs.hdemucs import HDemucs
+
+    torch.manual_seed(seed)
+    model = HDemucs(sources=list(sources or SOURCES), **{**TINY_HDEMUCS_KWARGS, **kwargs})
+    model.eval()
+    return model
+
+
 def save_model(model: Any, directory: Path, sig: str) -> Path:
     """Save ``model`` as demucs does; returns the ``<sig>-<sha8>.th`` path."""
     args, kwargs = model._init_args_kwargs

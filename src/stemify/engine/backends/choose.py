@@ -94,8 +94,11 @@ def load_engine_model(
     backend: BackendChoice = "auto",
     device: str = "cpu",
     export_dir: Path | None = None,
+    min_agreement_db: float = MIN_AGREEMENT_DB,
 ) -> LoadedModel:
-    """``load_model`` and the backend ``backend`` chooses for it; never the network."""
+    """``load_model`` and the backend ``backend`` chooses for it; never the network.
+
+    A fresh export agreeing with PyTorch below ``min_agreement_db`` is discarded."""
     model = load_model(name, model_dir)
     if backend == "torch":
         return LoadedModel(name, model, TORCH)
@@ -121,11 +124,11 @@ def load_engine_model(
     places = ExportPlaces(model_dir, export_dir or model_dir)
     sessions = []
     for sub, checkpoint in zip(sub_models(model), checkpoints, strict=True):
-        session = verified_session(name, sub, checkpoint, places)
+        session = verified_session(name, sub, checkpoint, places, min_agreement_db)
         if session is None:
             return LoadedModel(name, model, TORCH)
         sessions.append(session)
-    log.info("model %s runs on onnxruntime (%d part(s))", name, len(sessions))
+    log.debug("model %s runs on onnxruntime (%d part(s))", name, len(sessions))
     return LoadedModel(name, model, OnnxBackend(sessions))
 
 
@@ -175,7 +178,7 @@ def _target(name: str, file_name: str, places: ExportPlaces) -> Path | None:
 
 
 def verified_session(
-    name: str, sub: Any, checkpoint: Path, places: ExportPlaces
+    name: str, sub: Any, checkpoint: Path, places: ExportPlaces, min_agreement_db: float
 ) -> tuple[Any, Any, int] | None:
     """(sub-model, session, export bytes) for one part of ``name``, exporting it first if no
     valid export exists; None (after one warning) if the model must run on torch."""
@@ -191,14 +194,14 @@ def verified_session(
     seconds = export_core(sub, path)
     session = open_session(path, threads)
     db = agreement_db(sub, session_core(session))
-    if db < MIN_AGREEMENT_DB:
+    if db < min_agreement_db:
         discard(path)
         log.warning(
             "model %s runs on torch: its onnx export agrees with PyTorch to %.1f dB only "
             "(at least %.0f needed); the export was discarded",
             name,
             db,
-            MIN_AGREEMENT_DB,
+            min_agreement_db,
         )
         return None
     size = path.stat().st_size
