@@ -2,7 +2,8 @@
 
 Every measurement runs in a fresh child process, so peak RSS (``ru_maxrss``) is that run's own.
 Models have random weights with the released htdemucs architecture (the real compute cost) or
-the tiny test architecture for the long-input memory comparison.
+the tiny test architecture for the long-input memory comparison. stemify runs on each backend
+(``onnx``: onnxruntime; ``torch``: demucs' forward), against ``demucs.api.Separator``.
 
     python bench/bench_engine.py                 # everything, writes bench/out/results.json
     python bench/bench_engine.py --quick         # shorter clips, for a smoke run
@@ -61,15 +62,111 @@ def build_models(directory: Path) -> None:
 # ---- children: each prints one JSON line with its wall time and peak RSS ----------------------
 
 
-def child_stemify(model_dir: Path, name: str, clip: Path, out: Path, shifts: int) -> dict[str, Any]:
-    from stemify.engine import InferenceOptions, SeparationOptions, separate_file
-    from stemify.models import load_model
+class _TimedBackend:
+    """The backend under test, with the time spent in its forward passes counted."""
 
-    model = load_model(name, model_dir)
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.seconds = 0.0
+
+    def forward(self, model: Any, batch: Any) -> Any:
+        started = time.perf_counter()
+        out = self.inner.forward(model, batch)
+        self.seconds += time.perf_counter() - started
+        return out
+
+    def memory_bytes(self) -> int:
+        return int(self.inner.memory_bytes())
+
+
+def _child_stemify(
+    backend: str, model_dir: Path, name: str, clip: Path, out: Path, shifts: int
+) -> dict[str, Any]:
+    import torch
+
+    from stemify.engine import InferenceOptions, SeparationOptions, separate_file
+    from stemify.engine.backends.choose import load_engine_model
+
+    torch.set_num_threads(2)  # the worker's share of this machine's two cores, as a worker
+    loaded = load_engine_model(name, model_dir, backend=backend)  # type: ignore[arg-type]
+    timed = _TimedBackend(loaded.backend)
     started = time.perf_counter()
     options = SeparationOptions(inference=InferenceOptions(shifts=shifts))
-    separate_file(clip, model, lambda stem: out / f"{stem}.wav", options)
-    return {"seconds": time.perf_counter() - started}
+    result = separate_file(clip, loaded.model, lambda stem: out / f"{stem}.wav", options,
+                           backend=timed)  # fmt: skip
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds,
+        "backend": timed.name,
+        "stage_seconds": result.stage_seconds,
+        "forward_seconds": timed.seconds,
+        # Pass 2 minus the forward passes: decoding, overlap-add, quality meters, encoder writes.
+        "pipeline_seconds": result.stage_seconds["separating"] - timed.seconds,
+    }
+
+
+def child_stemify(model_dir: Path, name: str, clip: Path, out: Path, shifts: int) -> dict[str, Any]:
+    return _child_stemify("torch", model_dir, name, clip, out, shifts)
+
+
+def child_stemify_onnx(
+    model_dir: Path, name: str, clip: Path, out: Path, shifts: int
+) -> dict[str, Any]:
+    return _child_stemify("onnx", model_dir, name, clip, out, shifts)
+
+
+def child_export(model_dir: Path, name: str, clip: Path, out: Path, shifts: int) -> dict[str, Any]:
+    """A fresh export of ``name``'s core (into ``out``, a copy of its checkpoint): time, size."""
+    import shutil
+
+    import torch
+
+    from stemify.engine.backends.choose import load_engine_model
+    from stemify.models import check_installed
+
+    torch.set_num_threads(2)
+    for path in check_installed(name, model_dir):
+        shutil.copy(path, out / path.name)
+    shutil.copy(model_dir / f"{name}.yaml", out / f"{name}.yaml")
+    started = time.perf_counter()
+    loaded = load_engine_model(name, out, backend="onnx")
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "export_mb": loaded.backend.memory_bytes() / 1e6}
+
+
+def child_profile(model_dir: Path, name: str, clip: Path, out: Path, shifts: int) -> dict[str, Any]:
+    """One segment through the onnx backend, step by step: STFT, core, masking + iSTFT."""
+    import torch
+
+    from stemify.engine.backends.choose import load_engine_model
+    from stemify.engine.backends.htdemucs_core import spectrogram, training_length
+    from stemify.engine.backends.onnx_runtime import OnnxBackend
+
+    torch.set_num_threads(2)
+    loaded = load_engine_model(name, model_dir, backend="onnx")
+    assert isinstance(loaded.backend, OnnxBackend)
+    model = loaded.model
+    core = next(iter(loaded.backend._cores.values()))[1]
+    mix = torch.randn(1, 2, training_length(model))
+    best: dict[str, float] = {}
+    with torch.inference_mode():
+        for _ in range(3):
+            t0 = time.perf_counter()
+            padded, z, _ = spectrogram(model, mix)
+            mag = model._magnitude(z)
+            t1 = time.perf_counter()
+            x, xt = core(padded, mag)
+            t2 = time.perf_counter()
+            _ = xt + model._ispec(model._mask(z, x), padded.shape[-1])
+            t3 = time.perf_counter()
+            torch_t = time.perf_counter()
+            model(mix)
+            t4 = time.perf_counter()
+            for key, value in (("stft", t1 - t0), ("core", t2 - t1), ("istft_mask", t3 - t2),
+                               ("torch_forward", t4 - torch_t)):  # fmt: skip
+                best[key] = min(best.get(key, value), value)
+    return {f"{key}_s": value for key, value in best.items()}
 
 
 def child_demucs_api(
@@ -136,6 +233,9 @@ def child_fidelity(
 
 CHILDREN = {
     "stemify": child_stemify,
+    "stemify_onnx": child_stemify_onnx,
+    "export": child_export,
+    "profile": child_profile,
     "demucs_api": child_demucs_api,
     "apply_model": child_apply_model,
     "fidelity": child_fidelity,
@@ -181,26 +281,38 @@ def main() -> None:
     memory_short, memory_long = (60, 300) if args.quick else (180, 1800)
     results: dict[str, Any] = {"speed": {}, "memory": {}, "fidelity": {}}
 
+    print("export: released-size htdemucs core, fresh, then verified (time, file size)")
+    results["export"] = run_child("export", models, "released", make_clip(work / "e.wav", 1))
+    run_child("stemify_onnx", models, "released", make_clip(work / "e.wav", 1))  # export it here
+
     print("speed: released-size htdemucs (random weights), shifts=1, file to wav stems")
     for seconds in (short, long):
         clip = make_clip(work / f"clip{seconds}.wav", seconds)
+        onnx = run_child("stemify_onnx", models, "released", clip)
         ours = run_child("stemify", models, "released", clip)
         theirs = run_child("demucs_api", models, "released", clip)
         results["speed"][seconds] = {
+            "stemify_onnx": onnx,
             "stemify": ours,
             "demucs_api": theirs,
+            "onnx_over_demucs": onnx["seconds"] / theirs["seconds"],
+            "onnx_over_torch": onnx["seconds"] / ours["seconds"],
             "speedup": theirs["seconds"] / ours["seconds"],
             "realtime_factor": ours["seconds"] / seconds,
         }
+
+    print("profile: one segment on the onnx backend, step by step (best of 3)")
+    results["profile"] = run_child("profile", models, "released", make_clip(work / "e.wav", 1))
 
     print("memory: small model, short vs long input")
     for seconds in (memory_short, memory_long):
         clip = make_clip(work / f"clip{seconds}.wav", seconds)
         results["memory"][seconds] = {
+            "stemify_onnx": run_child("stemify_onnx", models, "small", clip),
             "stemify": run_child("stemify", models, "small", clip),
             "apply_model": run_child("apply_model", models, "small", clip),
         }
-    for kind in ("stemify", "apply_model"):
+    for kind in ("stemify_onnx", "stemify", "apply_model"):
         ratio = (
             results["memory"][memory_long][kind]["peak_rss_mb"]
             / results["memory"][memory_short][kind]["peak_rss_mb"]
