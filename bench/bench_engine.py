@@ -7,6 +7,7 @@ the tiny test architecture for the long-input memory comparison. stemify runs on
 
     python bench/bench_engine.py                 # everything, writes bench/out/results.json
     python bench/bench_engine.py --quick         # shorter clips, for a smoke run
+    python bench/bench_engine.py --sections speed,profile --clips 180   # a part of it
 """
 
 from __future__ import annotations
@@ -263,6 +264,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--shifts", type=int, default=1)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--sections", default="export,speed,profile,memory,fidelity")
+    parser.add_argument("--clips", help="speed clip lengths in seconds, e.g. 30,180")
     args = parser.parse_args()
 
     if args.child:
@@ -278,15 +281,19 @@ def main() -> None:
     models.mkdir(exist_ok=True)
     build_models(models)
     short, long = (10, 30) if args.quick else (30, 180)
+    clips = [int(c) for c in args.clips.split(",")] if args.clips else [short, long]
+    sections = set(args.sections.split(","))
     memory_short, memory_long = (60, 300) if args.quick else (180, 1800)
     results: dict[str, Any] = {"speed": {}, "memory": {}, "fidelity": {}}
 
-    print("export: released-size htdemucs core, fresh, then verified (time, file size)")
-    results["export"] = run_child("export", models, "released", make_clip(work / "e.wav", 1))
-    run_child("stemify_onnx", models, "released", make_clip(work / "e.wav", 1))  # export it here
+    if "export" in sections:
+        print("export: released-size htdemucs core, fresh, then verified (time, file size)")
+        results["export"] = run_child("export", models, "released", make_clip(work / "e.wav", 1))
+    # Exported here, so that no timed run below pays for it (nor its memory).
+    run_child("stemify_onnx", models, "released", make_clip(work / "e.wav", 1))
 
     print("speed: released-size htdemucs (random weights), shifts=1, file to wav stems")
-    for seconds in (short, long):
+    for seconds in clips if "speed" in sections else []:
         clip = make_clip(work / f"clip{seconds}.wav", seconds)
         onnx = run_child("stemify_onnx", models, "released", clip)
         ours = run_child("stemify", models, "released", clip)
@@ -301,28 +308,30 @@ def main() -> None:
             "realtime_factor": ours["seconds"] / seconds,
         }
 
-    print("profile: one segment on the onnx backend, step by step (best of 3)")
-    results["profile"] = run_child("profile", models, "released", make_clip(work / "e.wav", 1))
+    if "profile" in sections:
+        print("profile: one segment on the onnx backend, step by step (best of 3)")
+        results["profile"] = run_child("profile", models, "released", make_clip(work / "e.wav", 1))
 
     print("memory: small model, short vs long input")
-    for seconds in (memory_short, memory_long):
+    for seconds in (memory_short, memory_long) if "memory" in sections else []:
         clip = make_clip(work / f"clip{seconds}.wav", seconds)
         results["memory"][seconds] = {
             "stemify_onnx": run_child("stemify_onnx", models, "small", clip),
             "stemify": run_child("stemify", models, "small", clip),
             "apply_model": run_child("apply_model", models, "small", clip),
         }
-    for kind in ("stemify_onnx", "stemify", "apply_model"):
+    for kind in ("stemify_onnx", "stemify", "apply_model") if "memory" in sections else []:
         ratio = (
             results["memory"][memory_long][kind]["peak_rss_mb"]
             / results["memory"][memory_short][kind]["peak_rss_mb"]
         )
         results["memory"][f"{kind}_long_over_short"] = ratio
 
-    print("fidelity: streaming engine vs apply_model, released-size model, shifts=0")
-    results["fidelity"] = run_child(
-        "fidelity", models, "released", make_clip(work / "clip30.wav", 30)
-    )
+    if "fidelity" in sections:
+        print("fidelity: streaming engine vs apply_model, released-size model, shifts=0")
+        results["fidelity"] = run_child(
+            "fidelity", models, "released", make_clip(work / "clip30.wav", 30)
+        )
 
     (OUT / "results.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))

@@ -14,6 +14,7 @@ from demucs.apply import apply_model
 from demucs.pretrained import get_model
 
 from stemify.engine import CancelToken, InferenceOptions, stream_separate
+from stemify.engine.backends.choose import load_engine_model
 from stemify.errors import CanceledError, InvalidOptionError
 
 pytestmark = pytest.mark.unit
@@ -82,6 +83,7 @@ def streamed(model: Any, x: torch.Tensor, block: int = 10_000, **kwargs: Any) ->
     return np.concatenate(parts, axis=-1)
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
 @pytest.mark.parametrize(
     ("name", "overlap", "shifts", "batch_size"),
     [
@@ -101,13 +103,23 @@ def test_agrees_with_apply_model(
     overlap: float,
     shifts: int,
     batch_size: int,
+    backend: str,
 ) -> None:
-    model = get_model(name, repo=model_dir)
+    """On either backend (onnx: the network core exported and run on onnxruntime)."""
+    loaded = load_engine_model(name, model_dir, backend=backend)  # type: ignore[arg-type]
+    assert loaded.backend.name == backend
+    model = loaded.model
     x = mix(4.3)
     expected, drawn = reference(model, x, monkeypatch, shifts=shifts, overlap=overlap)
     assert len(drawn) == shifts * (2 if name == "tinybag" else 1)
     got = streamed(
-        model, x, shifts=shifts, overlap=overlap, batch_size=batch_size, rng=Replay(drawn)
+        model,
+        x,
+        shifts=shifts,
+        overlap=overlap,
+        batch_size=batch_size,
+        rng=Replay(drawn),
+        backend=loaded.backend,
     )
     assert got.shape == expected.shape
     for k, source in enumerate(model.sources):

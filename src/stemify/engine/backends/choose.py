@@ -28,13 +28,13 @@ from stemify.engine.backends.onnx_export import (
     discard,
     export_core,
     export_name,
-    file_sha256,
     valid_export,
 )
 from stemify.engine.backends.onnx_runtime import OnnxBackend, open_session, session_core
 from stemify.errors import BackendUnavailableError
 from stemify.models.cache import model_nbytes
 from stemify.models.loading import check_installed, load_model
+from stemify.models.pull import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ def verified_session(
 ) -> tuple[Any, Any, int] | None:
     """(sub-model, session, export bytes) for one part of ``name``, exporting it first if no
     valid export exists; None (after one warning) if the model must run on torch."""
-    file_name = export_name(file_sha256(checkpoint))
+    file_name = export_name(sha256_file(checkpoint))
     threads = torch.get_num_threads()
     path = _existing(name, file_name, places)
     if path is not None:

@@ -9,7 +9,6 @@ are written to a temporary name and renamed, so a crash leaves no half-written e
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -23,21 +22,13 @@ import numpy as np
 import torch
 
 from stemify.engine.backends.htdemucs_core import HTDemucsCore, core_inputs
+from stemify.models.pull import sha256_file
 
 log = logging.getLogger(__name__)
 
 # Bump when the exported graph changes (core boundary, opset, exporter): old files are ignored.
 EXPORTER_VERSION = "core1-opset17"
 OPSET = 17
-_CHUNK = 1 << 20
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def export_name(checkpoint_sha256: str) -> str:
@@ -55,7 +46,7 @@ def valid_export(path: Path) -> bool:
     """``path`` exists and matches the digest written beside it."""
     digest = path.with_name(path.name + ".sha256")
     try:
-        return digest.read_text().strip() == file_sha256(path)
+        return digest.read_text().strip() == sha256_file(path)
     except OSError:
         return False
 
@@ -88,7 +79,7 @@ def export_core(model: Any, path: Path) -> float:
                 output_names=["freq", "time"],
                 dynamic_axes={name: {0: "batch"} for name in ("mix", "mag", "freq", "time")},
             )
-        digest = file_sha256(temp)
+        digest = sha256_file(temp)
         temp.rename(path)
         path.with_name(path.name + ".sha256").write_text(digest + "\n")
     finally:
