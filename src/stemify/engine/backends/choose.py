@@ -9,7 +9,6 @@ model on torch with one warning.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import logging
 import tempfile
@@ -25,7 +24,6 @@ from demucs.htdemucs import HTDemucs
 from stemify.engine.backends.base import TORCH, Backend
 from stemify.engine.backends.onnx_export import (
     agreement_db,
-    discard,
     export_core,
     export_name,
     valid_export,
@@ -139,10 +137,8 @@ def _existing(name: str, file_name: str, places: ExportPlaces) -> Path | None:
             continue
         if valid_export(path):
             return path
+        # Replaced by the rebuilt export (or, in a read-only directory, left for the cache's).
         log.warning("the export %s of model %s is corrupt: rebuilding it", path, name)
-        # In a read-only directory it stays; the rebuilt export goes to the cache.
-        with contextlib.suppress(OSError):
-            discard(path)
     return None
 
 
@@ -191,11 +187,15 @@ def verified_session(
     if path is None:
         return None
     log.info("exporting the network core of model %s to %s (once per checkpoint)", name, path)
-    seconds = export_core(sub, path)
-    session = open_session(path, threads)
-    db = agreement_db(sub, session_core(session))
+    pending = export_core(sub, path)
+    try:
+        session = open_session(pending.temp, threads)  # read whole: the rename does not matter
+        db = agreement_db(sub, session_core(session))
+        if db >= min_agreement_db:
+            pending.install()
+    finally:
+        pending.drop()
     if db < min_agreement_db:
-        discard(path)
         log.warning(
             "model %s runs on torch: its onnx export agrees with PyTorch to %.1f dB only "
             "(at least %.0f needed); the export was discarded",
@@ -208,7 +208,7 @@ def verified_session(
     log.info(
         "exported model %s in %.1f s (%.0f MB), agreement with PyTorch %.1f dB",
         name,
-        seconds,
+        pending.seconds,
         size / 1e6,
         db,
     )

@@ -3,8 +3,9 @@ cache) and verified before use.
 
 A file is named by the checkpoint's sha256 and the exporter version, so a changed checkpoint or
 a new exporter never reuses an old export. Beside it, ``<file>.sha256`` holds the digest of the
-export as written: an export whose bytes do not match (truncated, overwritten) is rebuilt. Files
-are written to a temporary name and renamed, so a crash leaves no half-written export in use.
+export as written: an export whose bytes do not match (truncated, overwritten) is rebuilt. An
+export is written under a temporary name, checked there, and renamed into place, so a crash or
+a failed check leaves nothing in use, and workers exporting at once only replace each other.
 """
 
 from __future__ import annotations
@@ -35,13 +36,6 @@ def export_name(checkpoint_sha256: str) -> str:
     return f"core-{checkpoint_sha256[:32]}.{EXPORTER_VERSION}.onnx"
 
 
-@dataclass(frozen=True)
-class Export:
-    path: Path
-    seconds: float  # 0 when it was found already exported
-    fresh: bool
-
-
 def valid_export(path: Path) -> bool:
     """``path`` exists and matches the digest written beside it."""
     digest = path.with_name(path.name + ".sha256")
@@ -51,19 +45,41 @@ def valid_export(path: Path) -> bool:
         return False
 
 
-def discard(path: Path) -> None:
-    for victim in (path, path.with_name(path.name + ".sha256")):
-        victim.unlink(missing_ok=True)
+def _temp_beside(path: Path, suffix: str) -> Path:
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    return Path(name)
 
 
-def export_core(model: Any, path: Path) -> float:
-    """Export ``model``'s core to ``path`` (atomically, digest beside it); returns seconds."""
+@dataclass
+class PendingExport:
+    """An export written under a temporary name beside its final ``path``: checked there, then
+    installed (its digest first, then the file renamed into place) or dropped."""
+
+    temp: Path
+    path: Path
+    digest: str
+    seconds: float
+
+    def install(self) -> None:
+        # The digest goes first: a reader never sees an export without its digest. Renaming over
+        # an existing (corrupt, or concurrently written) file is atomic, and a reader that has
+        # opened the old one keeps it; nothing is ever unlinked under a reader.
+        digest_temp = _temp_beside(self.path, ".sha256.tmp")
+        digest_temp.write_text(self.digest + "\n")
+        digest_temp.rename(self.path.with_name(self.path.name + ".sha256"))
+        self.temp.rename(self.path)
+
+    def drop(self) -> None:
+        self.temp.unlink(missing_ok=True)
+
+
+def export_core(model: Any, path: Path) -> PendingExport:
+    """Export ``model``'s core to a temporary file beside ``path``."""
     started = time.monotonic()
     core = HTDemucsCore(model).eval()
     mix, mag = core_inputs(model)
-    handle, temp_name = tempfile.mkstemp(prefix=".", suffix=".onnx.tmp", dir=path.parent)
-    os.close(handle)
-    temp = Path(temp_name)
+    temp = _temp_beside(path, ".onnx.tmp")
     try:
         # The tracing exporter cannot take torch's fused attention kernel, which inference
         # mode selects; with gradients on, MultiheadAttention takes its composite path.
@@ -79,12 +95,10 @@ def export_core(model: Any, path: Path) -> float:
                 output_names=["freq", "time"],
                 dynamic_axes={name: {0: "batch"} for name in ("mix", "mag", "freq", "time")},
             )
-        digest = sha256_file(temp)
-        temp.rename(path)
-        path.with_name(path.name + ".sha256").write_text(digest + "\n")
-    finally:
+    except BaseException:
         temp.unlink(missing_ok=True)
-    return time.monotonic() - started
+        raise
+    return PendingExport(temp, path, sha256_file(temp), time.monotonic() - started)
 
 
 def agreement_db(model: Any, run_core: Any) -> float:
