@@ -104,7 +104,8 @@ def test_troubleshooting_entries_say_symptom_confirm_fix() -> None:
     entries = re.split(r"^## ", text, flags=re.MULTILINE)[1:]
     titles = [entry.splitlines()[0] for entry in entries]
     assert titles == [
-        "Models missing", "The first-run model download failed", "Workers take no jobs for a model",
+        "Models missing", "A model runs on torch instead of onnxruntime",
+        "The first-run model download failed", "Workers take no jobs for a model",
         "The autoscaler does not add or stop workers", "Redis unreachable",
         "PostgreSQL unreachable", "ffmpeg missing",
         "Disk full", "S3 unreachable or refusing", "A stuck queue", "Out of memory",
