@@ -140,14 +140,14 @@ def child_profile(model_dir: Path, name: str, clip: Path, out: Path, shifts: int
     """One segment through the onnx backend, step by step: STFT, core, masking + iSTFT."""
     import torch
 
-    from stemify.engine.backends.choose import load_engine_model
+    from stemify.engine.backends.choose import load_engine_model, sub_models
     from stemify.engine.backends.htdemucs_core import spectrogram, training_length
     from stemify.engine.backends.onnx_runtime import OnnxBackend
 
     torch.set_num_threads(2)
     loaded = load_engine_model(name, model_dir, backend="onnx")
     assert isinstance(loaded.backend, OnnxBackend)
-    model = loaded.model
+    model = sub_models(loaded.model)[0]
     core = next(iter(loaded.backend._cores.values()))[1]
     mix = torch.randn(1, 2, training_length(model))
     best: dict[str, float] = {}
