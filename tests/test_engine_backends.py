@@ -166,6 +166,23 @@ def test_a_corrupt_export_is_detected_and_rebuilt(
     assert (path.with_name(name + ".sha256")).read_text().strip() == sha256_file(path)
 
 
+def test_an_export_onnxruntime_refuses_runs_on_torch_with_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not an ONNX file, though its digest matches (written by something else than stemify)."""
+    directory = own_repo(tmp_path / "models")
+    checkpoint = next(directory.glob("cccc0001-*.th"))
+    path = directory / export_name(sha256_file(checkpoint))
+    path.write_bytes(b"not a model")
+    path.with_name(path.name + ".sha256").write_text(sha256_file(path))
+    with caplog.at_level(logging.WARNING, logger=LOG):
+        assert load_engine_model("solo", directory).backend.name == "torch"
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning.startswith("model solo runs on torch: its onnx export failed (")
+    with pytest.raises(BackendUnavailableError, match="model 'solo' cannot run on the onnx"):
+        load_engine_model("solo", directory, backend="onnx")
+
+
 @pytest.fixture
 def read_only(tmp_path: Path) -> Iterator[Any]:
     """Makes a directory read-only for real: a read-only bind mount as root (who writes through

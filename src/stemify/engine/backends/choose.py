@@ -122,7 +122,16 @@ def load_engine_model(
     places = ExportPlaces(model_dir, export_dir or model_dir)
     sessions = []
     for sub, checkpoint in zip(sub_models(model), checkpoints, strict=True):
-        session = verified_session(name, sub, checkpoint, places, min_agreement_db)
+        try:
+            session = verified_session(name, sub, checkpoint, places, min_agreement_db)
+        except Exception as exc:  # onnxruntime's and the exporter's errors have no common base
+            problem = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"
+            if backend == "onnx":
+                raise BackendUnavailableError(
+                    f"model '{name}' cannot run on the onnx backend: {problem}"
+                ) from exc
+            log.warning("model %s runs on torch: its onnx export failed (%s)", name, problem)
+            session = None
         if session is None:
             return LoadedModel(name, model, TORCH)
         sessions.append(session)
