@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps run test test-faults lint format bench clean
+.PHONY: setup system-deps run test test-faults test-containers lint format bench clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -18,9 +18,11 @@ $(STAMP): requirements.lock pyproject.toml
 
 # ffmpeg decodes audio; chromium runs the web page tests; prometheus provides promtool for the
 # alert rule tests; curl and jq run the documentation's own commands in the tests; hyperfine
-# times the command line's start-up (bench/bench_cli_startup.py).
+# times the command line's start-up (bench/bench_cli_startup.py). podman (with runc: crun fails
+# on hybrid cgroups), and debootstrap (the test base image): the container
+# tests (tests/test_containers.py, docs/deploy.md).
 SYSTEM_TOOLS := ffmpeg:ffmpeg ffprobe:ffmpeg chromium:chromium promtool:prometheus curl:curl jq:jq \
-	hyperfine:hyperfine
+	hyperfine:hyperfine podman:podman runc:runc debootstrap:debootstrap
 
 system-deps:
 	@missing=$$(for pair in $(SYSTEM_TOOLS); do \
@@ -41,6 +43,13 @@ run: setup
 test: setup
 	$(PY) -m pytest --cov --cov-report=term
 
+# The container tests alone: the image built with podman from the Dockerfile on a debootstrap
+# base (both cached between runs), run as API and worker containers and as the compose stack.
+# `make test` runs them too. podman's settings for these machines: tests/containers/containers.conf.
+export CONTAINERS_CONF := $(CURDIR)/tests/containers/containers.conf
+test-containers: setup
+	$(PY) -m pytest -m containers
+
 # The reliability suite alone (docs/reliability.md): databases stopped, Redis killed, disks
 # filled, workers OOM-killed. Needs root (cgroups, mounts) and PostgreSQL's binaries.
 test-faults: setup
@@ -50,6 +59,7 @@ lint: setup
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy src
+	$(VENV)/bin/hadolint $(wildcard Dockerfile*)
 
 format: setup
 	$(VENV)/bin/ruff check --fix src tests bench
