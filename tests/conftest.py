@@ -17,7 +17,7 @@ from stemify.services import Services, build_services
 from stemify.settings import Settings
 from stemify.testing.random_models import make_tiny_repo
 
-SPEEDS = ("unit", "slow", "api", "service", "browser", "faults")
+SPEEDS = ("unit", "slow", "api", "service", "browser", "faults", "containers")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
