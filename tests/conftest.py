@@ -231,3 +231,18 @@ def s3(s3_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Itera
     yield S3Bucket(server=s3_server, name=name, client=client)
     with contextlib.suppress(Exception):  # the server's allowDeleteBucketNotEmpty: all goes
         client.delete_bucket(Bucket=name)
+
+
+# ---- containers: the image of tests/support/containers.py ----------------------------------
+
+
+@pytest.fixture(scope="session")
+def image() -> Any:
+    """The stemify image built from the Dockerfile with podman (a ``support.containers.Built``),
+    once per session and cached between runs."""
+    from support.containers import missing_tools, stemify_image
+
+    missing = missing_tools()
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not found: run `make test-containers` (apt-get)")
+    return stemify_image()

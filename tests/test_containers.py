@@ -20,26 +20,17 @@ from support.containers import (
     READ_ONLY,
     Built,
     Container,
-    missing_tools,
     podman,
-    stemify_image,
     wait_answering,
 )
 from support.processes import client, free_port, submit, wait_for
 from support.s3 import boto3_env
 
-pytestmark = pytest.mark.containers
+# The first test also builds the image (minutes on a cold cache, longer than the default 600 s).
+pytestmark = [pytest.mark.containers, pytest.mark.timeout(1800)]
 
 MakeAudio = Callable[..., Path]
 UID = "10001"
-
-
-@pytest.fixture(scope="session")
-def image() -> Built:
-    missing = missing_tools()
-    if missing:
-        pytest.fail(f"{', '.join(missing)} not found: run `make test-containers` (apt-get)")
-    return stemify_image()
 
 
 @pytest.fixture
