@@ -110,6 +110,8 @@ def test_troubleshooting_entries_say_symptom_confirm_fix() -> None:
         "PostgreSQL unreachable", "ffmpeg missing",
         "Disk full", "S3 unreachable or refusing", "A stuck queue", "Out of memory",
         "Stem links from S3 refused (403), or the player cannot load them",
+        "The image build fails or pulls a CUDA torch",
+        "A container exits at start or stays unhealthy",
     ]  # fmt: skip
     for entry in entries:
         for part in ("**Symptom.**", "**Confirm.**", "**Fix.**"):
