@@ -63,7 +63,8 @@ RUN apt-get update -qq; \
     python=""; command -v python3 >/dev/null || python=python3; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg $python; \
     rm -rf /var/lib/apt/lists/* /usr/share/doc/* /usr/share/man/* /usr/share/locale/*; \
-    useradd --system --uid 10001 --user-group --home-dir /var/lib/stemify --create-home \
+    groupadd --system --gid 10001 stemify; \
+    useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/stemify --create-home \
         --shell /usr/sbin/nologin stemify
 COPY --from=build /opt/stemify/venv /opt/stemify/venv
 COPY --from=build /opt/stemify/models /opt/stemify/models

@@ -74,6 +74,7 @@ bench: setup
 	$(PY) bench/bench_storage.py
 	$(PY) bench/bench_mix.py
 	$(PY) bench/bench_autoscale.py
+	$(PY) bench/bench_image.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -116,7 +116,9 @@ def test_the_compose_stack_separates_an_upload_and_its_health_checks_pass(
     assert state.strip() == "0", podman("logs", running["s3-bucket"]).stderr
 
     api = client(base)
-    job = wait_for(api, submit(api, make_audio("song.wav", seconds=3.0), shifts="0")["id"], 240)
+    job = wait_for(
+        api, submit(api, make_audio("song.wav", seconds=3.0), shifts="0")["id"], timeout=240
+    )
     assert job["status"] == "succeeded", job
     for stem in job["stems"]:
         got = httpx.get(f"{base}{stem['url']}", timeout=60)  # proxy mode: through the API

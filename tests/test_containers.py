@@ -74,10 +74,10 @@ def test_image_runs_as_non_root_with_no_build_tools_or_build_secrets(image: Buil
             "run", "--rm", "--network=none", "--entrypoint", "/bin/sh", image.image, "-c", script
         ).stdout.strip()  # fmt: skip
 
-    assert sh("id -u") == UID
+    assert sh("id -u; id -g") == f"{UID}\n{UID}"
     # podman leaves the empty mount points of the build's -v mounts (the CA bundle, the
     # wheels), never their content; no compiler is left in the image.
-    assert sh("find / -xdev -path '/run/build/*' -type f -size +0") == ""
+    assert sh("find /run/build -type f -size +0 2>/dev/null; true") == ""
     assert sh("for tool in gcc cc c++ make; do command -v $tool; done; true") == ""
     assert sh("ffmpeg -version").startswith("ffmpeg version")
     assert image.model in sh("stemify models list --json")
@@ -169,7 +169,9 @@ def test_api_and_worker_containers_process_an_upload_end_to_end(
     stack.worker()
     base, s3 = stack.base, stack.s3
     api = client(base)
-    job = wait_for(api, submit(api, make_audio("song.wav", seconds=3.0), shifts="0")["id"], 240)
+    job = wait_for(
+        api, submit(api, make_audio("song.wav", seconds=3.0), shifts="0")["id"], timeout=240
+    )
     assert job["status"] == "succeeded", job
     assert job["model"] == stack.image.model
     for stem in job["stems"]:

@@ -82,10 +82,10 @@ def image_exists(name: str) -> bool:
     return podman("image", "exists", name, check=False).returncode == 0
 
 
-def base_image() -> str:
+def base_image(tag: str = BASE_IMAGE) -> str:
     """The debootstrap base image, made once (about a minute) and kept in podman's store."""
-    if image_exists(BASE_IMAGE):
-        return BASE_IMAGE
+    if image_exists(tag):
+        return tag
     with tempfile.TemporaryDirectory(prefix="stemify-debootstrap-") as tmp:
         root = Path(tmp) / "root"
         done = subprocess.run(
@@ -101,8 +101,8 @@ def base_image() -> str:
                     path.unlink()
         tar = Path(tmp) / "root.tar"
         subprocess.run(["tar", "-C", str(root), "-cf", str(tar), "."], check=True)
-        podman("import", "--change", "CMD=/bin/bash", str(tar), BASE_IMAGE)
-    return BASE_IMAGE
+        podman("import", "--change", "CMD=/bin/bash", str(tar), tag)
+    return tag
 
 
 @dataclass(frozen=True)
@@ -194,10 +194,16 @@ def stemify_image() -> Built:
     image = f"{IMAGE_REPO}:{build_hash(base_id, release)}"
     if image_exists(image):
         return Built(image, release.name, 0.0)
+    return build(image, base, release)
+
+
+def build(image: str, base: str, release: Release, *extra: str, context: Path = ROOT) -> Built:
+    """``podman build`` of ``context``'s Dockerfile as ``image`` with the test-only build
+    arguments (``extra``: more podman options, e.g. ``--no-cache``)."""
     started = time.monotonic()
     with serving(release.directory) as url:
         podman(
-            "build", "--format", "docker", "--network", "host", "--layers",
+            "build", "--format", "docker", "--network", "host", "--layers", *extra,
             "-v", f"{PIP_CA}:/run/build/ca.crt:ro",
             "-v", f"{WHEELS}:/run/build/wheels:ro",
             "-v", f"{release.directory}:/run/build/release:ro",
@@ -208,7 +214,7 @@ def stemify_image() -> Built:
             "--build-arg", f"MODELS={release.name}",
             "--build-arg", f"MODELS_BASE_URL={url}",
             "--build-arg", "MODEL_CATALOGUE=/run/build/release/catalogue.yaml",
-            "-t", image, "-f", str(ROOT / "Dockerfile"), str(ROOT),
+            "-t", image, "-f", str(context / "Dockerfile"), str(context),
             timeout=1800,
         )  # fmt: skip
     return Built(image, release.name, time.monotonic() - started)
@@ -230,8 +236,9 @@ def wait_answering(url: str, timeout: float, alive: Callable[[], bool] = lambda:
 
 
 # As the Kubernetes manifests run it (readOnlyRootFilesystem, an emptyDir for the data dir):
-# the image must work with nothing writable but its data dir and /tmp.
-READ_ONLY = ("--read-only", "--tmpfs", "/var/lib/stemify:rw,mode=1777")
+# the image must work with nothing writable but its data dir and /tmp. An anonymous volume,
+# not a tmpfs: podman 4.3 makes a --tmpfs root's 0755 whatever its mode says.
+READ_ONLY = ("--read-only", "-v", "/var/lib/stemify")
 
 
 class Container:
@@ -266,7 +273,7 @@ class Container:
         return int(podman("wait", self.name, timeout=timeout).stdout.strip())
 
     def remove(self) -> None:
-        podman("rm", "-f", "-t", "5", self.name, check=False)
+        podman("rm", "-f", "-v", "-t", "5", self.name, check=False)
 
 
 if __name__ == "__main__":
