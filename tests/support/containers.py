@@ -29,12 +29,21 @@ CONF = ROOT / "tests" / "containers" / "containers.conf"
 BASE_IMAGE = "localhost/stemify-test-base:bookworm-minbase"
 IMAGE_REPO = "localhost/stemify-test"
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stemify-tests"
-# pip's own configuration here (`pip config list`): the CA bundle that lets it reach PyPI and
-# the folder holding the CPU torch wheel. Test-only build arguments; the Dockerfile needs
-# neither elsewhere.
-PIP_CA = Path("/etc/ssl/certs/ca-certificates.crt")
-WHEELS = Path("/opt/wheels")
+
+
+def pip_setting(name: str, fallback: str) -> Path:
+    """A setting of pip's own configuration here (``global.NAME`` of `pip config list`): the
+    CA bundle that lets pip reach PyPI, the folder holding the CPU torch wheel. Test-only
+    build arguments; the Dockerfile needs neither elsewhere."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60
+    )
+    found = re.search(rf"^global\.{re.escape(name)}='([^' ]+)", done.stdout, re.M)
+    return Path(found[1] if found else fallback)
+
+
 # What the build context sends (the .dockerignore keeps the rest out): the image tag hashes it.
+PIP_CA_FALLBACK = "/etc/ssl/certs/ca-certificates.crt"  # Debian's bundle
 BUILD_INPUTS = ("Dockerfile", ".dockerignore", "requirements.lock", "pyproject.toml", "README.md")
 TOOLS = ("podman", "runc", "debootstrap")
 
@@ -204,8 +213,8 @@ def build(image: str, base: str, release: Release, *extra: str, context: Path = 
     with serving(release.directory) as url:
         podman(
             "build", "--format", "docker", "--network", "host", "--layers", *extra,
-            "-v", f"{PIP_CA}:/run/build/ca.crt:ro",
-            "-v", f"{WHEELS}:/run/build/wheels:ro",
+            "-v", f"{pip_setting('cert', PIP_CA_FALLBACK)}:/run/build/ca.crt:ro",
+            "-v", f"{pip_setting('find-links', '/opt/wheels')}:/run/build/wheels:ro",
             "-v", f"{release.directory}:/run/build/release:ro",
             "--build-arg", f"BASE_IMAGE={base}",
             "--build-arg", "PIP_CERT=/run/build/ca.crt",
