@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     metrics_dir: Path | None = None
     # A worker on another machine than the API serves its own /metrics on this port (0: off).
     worker_metrics_port: int = 0
+    # ... on this address (all of them, for a scraper or a container probe from outside).
+    worker_metrics_host: str = "0.0.0.0"
     sentry_dsn: SecretStr | None = None  # unset: error tracking off
     sentry_environment: str = "production"
     sentry_traces_sample_rate: float = Field(default=0.0, ge=0.0, le=1.0)

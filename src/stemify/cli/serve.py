@@ -146,7 +146,7 @@ def _work(settings: Settings, concurrency: int | None, threads: int | None) -> N
     if settings.worker_metrics_port:
         from stemify.observability.setup import serve_worker_metrics
 
-        serve_worker_metrics(settings.worker_metrics_port)
+        serve_worker_metrics(settings.worker_metrics_port, settings.worker_metrics_host)
     workers = DramatiqWorkers(services, concurrency or settings.worker_concurrency, threads)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -23,10 +23,10 @@ def start_process(settings: Settings) -> Metrics:
     return Metrics()
 
 
-def serve_worker_metrics(port: int) -> None:
-    """A worker on another machine than the API: its own /metrics on ``port``."""
+def serve_worker_metrics(port: int, host: str = "0.0.0.0") -> None:
+    """A worker on another machine than the API: its own /metrics on ``host:port``."""
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(multiprocess_dir()))  # type: ignore[no-untyped-call]
-    start_http_server(port, registry=registry)
+    start_http_server(port, addr=host, registry=registry)
