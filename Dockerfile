@@ -50,9 +50,14 @@ RUN pip install --no-deps . && pip check; \
 ARG MODELS="htdemucs"
 ARG MODELS_BASE_URL=https://dl.fbaipublicfiles.com/demucs/
 ARG MODEL_CATALOGUE
+# Each HTDemucs model is also exported for the onnx backend here (checked against PyTorch), so
+# no container spends its first job exporting (the model directory is read-only at run time);
+# the other architectures run on torch and say so.
 RUN if [ -n "$MODEL_CATALOGUE" ]; then export STEMIFY_MODEL_CATALOGUE="$MODEL_CATALOGUE"; fi; \
     for model in $MODELS; do \
         stemify models pull --model-dir /opt/stemify/models --base-url "$MODELS_BASE_URL" "$model"; \
+        stemify models export --model-dir /opt/stemify/models "$model" \
+            || echo "$model: no onnx export, it runs on torch"; \
     done
 
 

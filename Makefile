@@ -18,11 +18,13 @@ $(STAMP): requirements.lock pyproject.toml
 
 # ffmpeg decodes audio; chromium runs the web page tests; prometheus provides promtool for the
 # alert rule tests; curl and jq run the documentation's own commands in the tests; hyperfine
-# times the command line's start-up (bench/bench_cli_startup.py). podman (with runc: crun fails
-# on hybrid cgroups), and debootstrap (the test base image): the container
-# tests (tests/test_containers.py, docs/deploy.md).
+# times the command line's start-up (bench/bench_cli_startup.py) and wrk the HTTP edge
+# (bench/bench_edge.py); redis-server gives the fault and compose tests private Redis servers.
+# podman (with runc: crun fails on hybrid cgroups), and debootstrap (the test base image): the
+# container tests (tests/test_containers.py, docs/deploy.md).
 SYSTEM_TOOLS := ffmpeg:ffmpeg ffprobe:ffmpeg chromium:chromium promtool:prometheus curl:curl jq:jq \
-	hyperfine:hyperfine podman:podman runc:runc debootstrap:debootstrap
+	hyperfine:hyperfine wrk:wrk redis-server:redis-server podman:podman runc:runc \
+	debootstrap:debootstrap
 
 system-deps:
 	@missing=$$(for pair in $(SYSTEM_TOOLS); do \
