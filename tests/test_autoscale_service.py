@@ -112,6 +112,8 @@ def test_a_burst_grows_to_max_and_shrinks_back_after_the_cool_down(
     assert "stemify_autoscaler_desired_workers 1.0" in metrics
     assert 'stemify_autoscaler_scale_events_total{direction="up",reason="backlog"}' in metrics
     assert 'stemify_autoscaler_scale_events_total{direction="down",reason="idle"}' in metrics
+    # Retired children stopped cleanly: no WorkerDown alert for a scale-down.
+    assert "stemify_workers_lost 0.0" in metrics
     supervisor.signal(signal.SIGTERM)
     assert supervisor.wait(60) == 0, supervisor.output()
     assert alive(api) == []
@@ -135,6 +137,9 @@ def test_a_killed_child_is_replaced_and_its_job_finishes(
     assert re.search(rf"child {victim} exited with -9 .*replacement in 0.5 s", supervisor.output())
     assert len(re.findall(r"worker child (\d+) started", supervisor.output())) == 2
     assert victim not in {w["pid"] for w in alive(api)}
+    # The killed child never said it stopped: counted lost (the WorkerDown alert's metric).
+    metrics = httpx.get(f"{cluster.base}/metrics", timeout=30).text
+    assert re.search(r"^stemify_workers_lost [1-9]", metrics, re.M), metrics
 
 
 def test_a_child_crashing_at_start_is_backed_off(cluster: Cluster) -> None:

@@ -150,6 +150,7 @@ def test_embedded_metrics_logs_and_health(cluster: Cluster, make_audio: MakeAudi
     assert value(samples, "stemify_queue_depth") == 0
     assert value(samples, "stemify_jobs_running") == 0
     assert value(samples, "stemify_workers_alive") == 1
+    assert value(samples, "stemify_workers_lost") == 0
     assert value(samples, "stemify_storage_free_bytes") > 0
     job_route = {"route": "/api/v1/jobs/{job_id}", "method": "GET", "status": "200"}
     assert value(samples, "stemify_http_requests_total", **job_route) >= 1

@@ -251,6 +251,19 @@ def test_queue_stats_and_workers(store: JobStore) -> None:
     assert workers.alive(T0 - timedelta(seconds=30)) == []
 
 
+def test_lost_workers_are_those_that_stopped_beating_without_stopping(store: JobStore) -> None:
+    workers = WorkerRegistry(store.db)
+    workers.seen("beating", T0, 1)
+    workers.seen("retired", T0 - timedelta(minutes=5), 0)
+    workers.stopped("retired")  # a drain or the autoscaler's scale-down
+    workers.seen("killed", T0 - timedelta(minutes=5), 1)
+    workers.seen("long-gone", T0 - timedelta(hours=2), 1)
+    stale, hour_ago = T0 - timedelta(seconds=30), T0 - timedelta(hours=1)
+    assert workers.lost(stale, hour_ago) == 1  # "killed" only
+    workers.seen("killed", T0, 0)  # it came back (the same id beats again)
+    assert workers.lost(stale, hour_ago) == 0
+
+
 def test_api_keys(db: Database) -> None:
     keys = KeyStore(db)
     keys.add("k1", "alice", hash_key("sk_secret"), "sk_secret", False, T0)

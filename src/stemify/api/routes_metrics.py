@@ -23,6 +23,8 @@ def store_snapshot(services: Services) -> StoreSnapshot:
     stats = services.store.queue_stats(now)
     seen_after = now - timedelta(seconds=services.settings.heartbeat_timeout_s)
     workers = len(services.workers.alive(seen_after))
+    # A clean stop (SIGTERM, the autoscaler's scale-down) is not a loss: it marks its row.
+    lost = services.workers.lost(seen_after, now - timedelta(hours=1))
     usage = services.storage.usage()
     return StoreSnapshot(
         queued=stats.queued,
@@ -31,6 +33,7 @@ def store_snapshot(services: Services) -> StoreSnapshot:
         workers=workers,
         free_bytes=usage[0] if usage else None,
         total_bytes=usage[1] if usage else None,
+        lost_workers=lost,
     )
 
 

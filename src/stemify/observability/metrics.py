@@ -229,6 +229,7 @@ class StoreSnapshot:
     workers: int
     free_bytes: int | None
     total_bytes: int | None
+    lost_workers: int = 0  # stopped beating within the last hour without stopping cleanly
 
 
 class StoreCollector(Collector):
@@ -249,6 +250,11 @@ class StoreCollector(Collector):
         yield _gauge("stemify_jobs_running", "Jobs running now.", snapshot.running)
         yield _gauge(
             "stemify_workers_alive", "Worker processes that beat recently.", snapshot.workers
+        )
+        yield _gauge(
+            "stemify_workers_lost",
+            "Worker processes that stopped beating in the last hour without stopping cleanly.",
+            snapshot.lost_workers,
         )
         if snapshot.free_bytes is not None and snapshot.total_bytes is not None:
             yield _gauge(

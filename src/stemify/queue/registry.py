@@ -8,7 +8,7 @@ import socket
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from stemify.db.database import Database
 from stemify.db.schema import WorkerRow
@@ -71,3 +71,19 @@ class WorkerRegistry:
                 )
                 for r in rows
             ]
+
+    def lost(self, seen_before: datetime, seen_after: datetime) -> int:
+        """Workers whose last beat fell between ``seen_after`` and ``seen_before`` and that never
+        said they stopped: killed, out of memory, their machine gone. A worker the autoscaler
+        retired, or a SIGTERM drained, marks itself stopped and is not counted."""
+        with self.db.session() as session:
+            count = session.scalar(
+                select(func.count())
+                .select_from(WorkerRow)
+                .where(
+                    WorkerRow.last_seen > seen_after,
+                    WorkerRow.last_seen <= seen_before,
+                    WorkerRow.stopped.is_(False),
+                )
+            )
+            return int(count or 0)
