@@ -99,7 +99,8 @@ def _probe_upload(path: Path, limits: MediaLimits) -> AudioInfo:
         raise type(exc)(message) from None
 
 
-def _probe_stored(storage: Storage, key: str, limits: MediaLimits) -> AudioInfo:
+def _probe_stored(storage: Storage, key: str, size: int, limits: MediaLimits) -> AudioInfo:
+    """``size``: the upload's, counted as it was stored (no HEAD to ask S3 again)."""
     path = storage.local_path(key)
     if path is not None:
         info = _probe_upload(path, limits)
@@ -113,7 +114,7 @@ def _probe_stored(storage: Storage, key: str, limits: MediaLimits) -> AudioInfo:
             url,
             name="the uploaded file",
             head=b"".join(storage.read_range(key, 0, 16)),
-            size=storage.size(key),
+            size=size,
             limits=limits,
         )
     check_duration(info.duration_s, limits.max_duration_s or math.inf, "the uploaded file")
@@ -155,7 +156,7 @@ def _build_job(
         job.source_url = check_link(link, "url", services.url_policy)
         job.input_name = display_name(unquote(urlsplit(job.source_url).path))
         return job
-    info = _probe_stored(services.storage, upload.key, media_limits(settings))
+    info = _probe_stored(services.storage, upload.key, upload.size, media_limits(settings))
     job.input_name = upload.name
     job.input_key = upload.key
     job.input_sha256 = upload.sha256
